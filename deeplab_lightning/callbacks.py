@@ -1,0 +1,87 @@
+"""Lightning callbacks. They stay thin: the maths lives in plain functions that tests call directly."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+
+
+def poly_lr_factor(step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0,
+                   warmup_start_factor: float = 0.0) -> float:
+    """Multiplier of the base learning rate before optimizer step ``step`` (0-based).
+
+    Poly schedule (DeepLab V2 section 4.1): ``(1 - step / max_steps) ** power``. With ``warmup_steps > 0`` the
+    first steps ramp linearly from ``warmup_start_factor`` to the poly value:
+    ``factor * (s + (1 - s) * step / warmup_steps)`` with ``s = warmup_start_factor``.
+    """
+    if max_steps <= 0:
+        raise ValueError(f"PolyLR needs a positive number of steps, got max_steps={max_steps}")
+    factor = (1.0 - min(step, max_steps) / max_steps) ** power
+    if step < warmup_steps:
+        factor *= warmup_start_factor + (1.0 - warmup_start_factor) * step / warmup_steps
+    return factor
+
+
+class PolyLR(L.Callback):
+    """Sets every parameter group's lr to ``initial_lr * poly_lr_factor(global_step, ...)`` before each
+    optimizer step, so groups keep their multipliers (head x10) and the schedule is exact after a resume.
+
+    Args:
+        power: 0.9 in every DeepLab paper.
+        max_steps: schedule length; ``None`` takes ``trainer.max_steps``, else the estimated number of steps.
+        warmup_steps, warmup_start_factor: optional linear warmup (not in the papers; off by default).
+    """
+
+    def __init__(self, power: float = 0.9, max_steps: int | None = None, warmup_steps: int = 0,
+                 warmup_start_factor: float = 0.0) -> None:
+        self.power = power
+        self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        self.warmup_start_factor = warmup_start_factor
+
+    def _total_steps(self, trainer: L.Trainer) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps
+        return int(trainer.estimated_stepping_batches)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        factor = poly_lr_factor(trainer.global_step, self._total_steps(trainer), self.power, self.warmup_steps,
+                                self.warmup_start_factor)
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
+def iou_table(class_names: list[str], results: dict[str, torch.Tensor], title: str) -> Table:
+    """A rich table of per-class IoU with the mIoU and pixel accuracy in the footer."""
+    table = Table(title=title, show_footer=True)
+    table.add_column("class", footer="mean IoU / pixel acc.")
+    table.add_column("IoU (%)", justify="right",
+                     footer=f"{100 * results['mIoU']:.2f} / {100 * results['pixel_acc']:.2f}")
+    for name, iou in zip(class_names, results["iou"].tolist()):
+        table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.2f}")
+    return table
+
+
+class IoUTable(L.Callback):
+    """Prints the per-class IoU table of the last validation after ``fit`` and of the test after ``test``."""
+
+    @rank_zero_only
+    def _print(self, pl_module: L.LightningModule, stage: str, title: str) -> None:
+        results = getattr(pl_module, "results", {}).get(stage)
+        if results is not None:
+            Console().print(iou_table(pl_module.class_names, results, title))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(pl_module, "val", f"Validation after {trainer.global_step} steps")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._print(pl_module, "val", "Validation")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(pl_module, "test", "Test")

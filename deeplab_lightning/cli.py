@@ -1,0 +1,46 @@
+"""The ``deeplab-lightning`` command: LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from .data.base import SegmentationDataModule
+from .module import SegmentationModule
+
+
+def default_wandb_mode() -> None:
+    """Log to wandb offline unless the user chose otherwise (``WANDB_MODE``) or has logged in."""
+    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return
+    os.environ["WANDB_MODE"] = "offline"
+
+
+class DeepLabCLI(LightningCLI):
+    """Links the data module's ``num_classes`` and ``class_names`` into the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> DeepLabCLI:
+    """Run the command line; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks)."""
+    default_wandb_mode()
+    return DeepLabCLI(
+        SegmentationModule,
+        SegmentationDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def console_main() -> None:
+    """The ``deeplab-lightning`` console script (returns nothing, so nothing is printed on exit)."""
+    main()

@@ -1,0 +1,90 @@
+"""Shared LightningDataModule logic: splits -> datasets -> loaders."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .dataset import Sample, SegmentationDataset, pad_collate
+from .transforms import train_transform
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Base class: subclasses define ``class_names``, ``palette`` and ``samples(split)``.
+
+    Training crops are random-scaled, padded (mask with 255), cropped and flipped; validation and test use
+    full images at their original resolution (no crop, no resize of the labels).
+
+    Args:
+        train_split, val_split, test_split: split names understood by ``samples``.
+        crop_size: training crop, an int or (H, W).
+        scale_range: random scale range of training images.
+        batch_size: training batch per process.
+        val_batch_size: evaluation batch per process (images of different sizes are padded; the metric
+            does not depend on it).
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+    """
+
+    class_names: Sequence[str] = ()
+    palette: Sequence[tuple[int, int, int]] = ()
+
+    def __init__(
+        self,
+        *,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "val",
+        crop_size: int | tuple[int, int] = 513,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def samples(self, split: str) -> list[Sample]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
+        transform = train_transform(self.crop_size, self.scale_range) if train else None
+        return SegmentationDataset(self.samples(split), self.num_classes, transform)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split, train=train),
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=pad_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_split, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)

@@ -1,0 +1,126 @@
+"""A dataset of (image file, label PNG) pairs with strict checks, and a padding collate function."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .transforms import normalize
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: its id, image file and label file."""
+
+    id: str
+    image: Path
+    mask: Path
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """RGB uint8 [3, H, W]. Grayscale and RGBA images are converted to RGB."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None) -> torch.Tensor:
+    """Labels uint8 [H, W] from a palette or grayscale PNG of class indices (255 = ignore).
+
+    ``label_map`` (a 256-entry lookup table) maps raw ids to train ids first (Cityscapes). Any label outside
+    [0, num_classes) other than 255 raises, naming the file: a silently wrong label is worse than a crash.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L"):
+                raise ValueError(f"mode {img.mode!r}; expected a palette ('P') or grayscale ('L') PNG of class "
+                                 f"indices, not colours")
+            labels = np.array(img, dtype=np.uint8)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Cannot read label map {path}: {err}") from err
+    if label_map is not None:
+        labels = label_map[labels]
+    bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
+    if bad.any():
+        values = sorted(set(np.unique(labels[bad]).tolist()))
+        raise ValueError(f"Label map {path} has values {values[:10]} outside [0, {num_classes}) and not "
+                         f"{IGNORE_INDEX} (ignore); check num_classes and the label encoding")
+    return torch.from_numpy(labels)
+
+
+class SegmentationDataset(Dataset):
+    """Loads ``samples`` and returns dicts:
+
+    ``image`` float [3,H,W] (ImageNet-normalised), ``mask`` long [H,W], ``raw_image`` uint8 [3,H,W] (the
+    un-normalised image, for CRF and visualisation), ``id`` str and ``size`` long [2] (H, W after transforms).
+    ``transform`` is a joint transforms.v2 callable over (tv_tensors.Image, tv_tensors.Mask).
+    """
+
+    def __init__(self, samples: Sequence[Sample], num_classes: int, transform: Callable | None = None,
+                 label_map: np.ndarray | None = None) -> None:
+        if not samples:
+            raise ValueError("The split is empty: its list names no images")
+        self.samples = list(samples)
+        self.num_classes = num_classes
+        self.transform = transform
+        self.label_map = label_map
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        mask = read_mask(sample.mask, self.num_classes, self.label_map)
+        if image.shape[-2:] != mask.shape:
+            raise ValueError(f"Image {sample.image} is {tuple(image.shape[-2:])} (H, W) but its label map "
+                             f"{sample.mask} is {tuple(mask.shape)}")
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        raw = image.as_subclass(torch.Tensor)
+        return {
+            "image": normalize(raw),
+            "mask": mask.as_subclass(torch.Tensor).long(),
+            "raw_image": raw,
+            "id": sample.id,
+            "size": torch.tensor(raw.shape[-2:]),
+        }
+
+
+def pad_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples, padding to the largest H and W: images with 0 (the normalised mean), masks with 255.
+
+    ``size`` keeps each image's own size, so evaluation can undo the padding exactly.
+    """
+    h = max(s["image"].shape[-2] for s in batch)
+    w = max(s["image"].shape[-1] for s in batch)
+
+    def stack(key: str, fill: float) -> torch.Tensor:
+        first = batch[0][key]
+        out = first.new_full((len(batch), *first.shape[:-2], h, w), fill)
+        for i, s in enumerate(batch):
+            out[i, ..., : s[key].shape[-2], : s[key].shape[-1]] = s[key]
+        return out
+
+    return {
+        "image": stack("image", 0.0),
+        "mask": stack("mask", IGNORE_INDEX),
+        "raw_image": stack("raw_image", 0),
+        "id": [s["id"] for s in batch],
+        "size": torch.stack([s["size"] for s in batch]),
+    }

@@ -1,0 +1,10 @@
+"""The DeepLab model zoo. Models never import Lightning."""
+from .backbones.base import Backbone, FeatureInfo
+from .backbones.resnet import ResNetBackbone
+from .deeplab import DeepLab, DeepLabV3, DeepLabV3Plus
+from .registry import create_model, list_models
+
+__all__ = [
+    "Backbone", "FeatureInfo", "ResNetBackbone", "DeepLab", "DeepLabV3", "DeepLabV3Plus",
+    "create_model", "list_models",
+]

@@ -1,0 +1,109 @@
+"""ResNet-18/50/101 with atrous convolution and multi-grid (DeepLab V2 section 3.1, V3 section 3.2).
+
+The network is torchvision's ResNet, so its parameter names are torchvision's and its ImageNet weights load
+strictly (``fc.*`` aside). Strides after ``output_stride`` are replaced by dilation. Unlike torchvision's
+``replace_stride_with_dilation`` (whose first unit of a dilated stage keeps the previous rate), every unit of a
+dilated stage uses the stage rate, as in the V3 paper; in the last stage unit ``i`` uses
+``rate * multi_grid[i]`` (V3 section 3.2: OS16 with multi_grid (1, 2, 4) gives rates (2, 4, 8)).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .base import Backbone, FeatureInfo
+
+_RESNETS = {
+    18: (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+    34: (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
+    50: (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
+    101: (tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1),
+}
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_STAGE_STRIDES = (4, 8, 16, 32)
+
+
+def _three_by_three_convs(block: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+
+
+class ResNetBackbone(Backbone):
+    """ResNet feature extractor returning the outputs of ``layer1`` (stride 4) ... ``layer4``.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        output_stride: 8, 16 or 32; stages past it are dilated instead of strided.
+        multi_grid: unit rates of the last stage, one per block of layer4 (2 for ResNet-18, 3 otherwise); ``None`` means all ones.
+        pretrained: load torchvision's ImageNet weights (needs the weights file or network access).
+
+    Input [N, 3, H, W] -> list of 4 maps, [N, C_i, ceil(H / s_i), ceil(W / s_i)].
+    """
+
+    def __init__(
+        self,
+        depth: int = 101,
+        *,
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = None,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth not in _RESNETS:
+            raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        builder, weights = _RESNETS[depth]
+        net = builder(weights=weights if pretrained else None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        for name in _STAGES:
+            setattr(self, name, getattr(net, name))
+        self.depth = depth
+        self.output_stride = output_stride
+
+        n_last = len(self.layer4)
+        multi_grid = tuple(multi_grid) if multi_grid is not None else (1,) * n_last
+        if len(multi_grid) != n_last:
+            raise ValueError(
+                f"multi_grid={list(multi_grid)} has {len(multi_grid)} entries but layer4 of ResNet-{depth} has "
+                f"{n_last} blocks; give one unit rate per block"
+            )
+        self.multi_grid = multi_grid
+        self.block_dilations: dict[str, tuple[int, ...]] = {}
+        for name, stride in zip(_STAGES, _STAGE_STRIDES):
+            rate = max(stride // output_stride, 1)
+            stage = getattr(self, name)
+            if rate > 1:
+                self._remove_stride(stage[0])
+            unit = multi_grid if name == "layer4" else (1,) * len(stage)
+            dilations = tuple(rate * u for u in unit)
+            for block, d in zip(stage, dilations):
+                for conv in _three_by_three_convs(block):
+                    conv.dilation, conv.padding = (d, d), (d, d)
+            self.block_dilations[name] = dilations
+
+        expansion = 4 if depth >= 50 else 1
+        self.feature_info = [
+            FeatureInfo(name, 64 * 2**i * expansion, min(stride, output_stride))
+            for i, (name, stride) in enumerate(zip(_STAGES, _STAGE_STRIDES))
+        ]
+
+    @staticmethod
+    def _remove_stride(block: nn.Module) -> None:
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
+                m.stride = (1, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features = []
+        for name in _STAGES:
+            x = getattr(self, name)(x)
+            features.append(x)
+        return features
+
+    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Strictly load a torchvision ResNet state dict (its ``fc.*`` classifier is dropped)."""
+        self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("fc.")}, strict=True)

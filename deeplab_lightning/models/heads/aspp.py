@@ -1,0 +1,74 @@
+"""Atrous Spatial Pyramid Pooling as in DeepLab V3 (section 3.3) and V3+ (section 3.2)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import ConvBNReLU
+
+
+def default_atrous_rates(output_stride: int) -> tuple[int, int, int]:
+    """V3 section 3.3: rates (6, 12, 18) at output stride 16, doubled at output stride 8."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    return tuple(r * 16 // output_stride for r in (6, 12, 18))  # type: ignore[return-value]
+
+
+class ImagePooling(nn.Module):
+    """Image-level features: global average pool -> 1x1 conv -> BN -> ReLU -> bilinear upsample.
+
+    [N, C, H, W] -> [N, out_channels, H, W]. Deviation: with a training batch of one image the pooled map has
+    a single value per channel, where BatchNorm's batch statistics are undefined (PyTorch raises); then the
+    running statistics normalise it (and are not updated), so batch size 1 trains instead of crashing.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.adaptive_avg_pool2d(x, 1))
+        use_batch_stats = self.training and y.shape[0] > 1
+        y = F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
+                         training=use_batch_stats, momentum=self.bn.momentum or 0.0, eps=self.bn.eps)
+        return F.interpolate(F.relu(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """V3 parallel ASPP: a 1x1 conv, one 3x3 atrous conv per rate and image pooling, each ``channels`` wide
+    with BN; **concatenated**, then projected by a 1x1 conv + BN + ReLU and dropout.
+
+    [N, in_channels, H, W] -> [N, channels, H, W].
+
+    Args:
+        atrous_rates: dilation of each 3x3 branch ((6, 12, 18) at OS16, (12, 24, 36) at OS8).
+        image_pooling: include the image-level branch (V3 section 3.3; an ablation switch).
+        separable: depthwise-separable 3x3 branches (V3+ section 3.2, used with Xception).
+        dropout: after the projection; 0.1 as in the reference TensorFlow code.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int = 256,
+        atrous_rates: Sequence[int] = (6, 12, 18),
+        *,
+        image_pooling: bool = True,
+        separable: bool = False,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.atrous_rates = tuple(atrous_rates)
+        branches: list[nn.Module] = [ConvBNReLU(in_channels, channels, 1)]
+        branches += [ConvBNReLU(in_channels, channels, 3, dilation=r, separable=separable) for r in atrous_rates]
+        if image_pooling:
+            branches.append(ImagePooling(in_channels, channels))
+        self.branches = nn.ModuleList(branches)
+        self.project = nn.Sequential(ConvBNReLU(len(branches) * channels, channels, 1), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))

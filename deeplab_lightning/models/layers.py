@@ -1,0 +1,36 @@
+"""Small building blocks shared by the DeepLab heads."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv (no bias) + BatchNorm + ReLU; optionally depthwise-separable.
+
+    ``separable=True`` is the V3+ atrous separable convolution (DeepLab V3+, section 3.2): a depthwise
+    ``kernel_size`` conv with ``dilation`` followed by BN + ReLU, then a pointwise 1x1 conv + BN + ReLU.
+    Shapes: [N, in_channels, H, W] -> [N, out_channels, H, W] (padding keeps H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        dilation: int = 1,
+        separable: bool = False,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        if separable and kernel_size > 1:
+            layers = [
+                nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation,
+                          groups=in_channels, bias=False),
+                nn.BatchNorm2d(in_channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            ]
+        else:
+            layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
+                                bias=False)]
+        super().__init__(*layers, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))

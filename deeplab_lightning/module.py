@@ -1,0 +1,155 @@
+"""SegmentationModule: the LightningModule that trains and evaluates any DeepLab variant."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import SegmentationMetrics
+from .models import create_model
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
+    """SGD parameter groups: backbone at ``lr``, everything else (the head) at ``lr * head_lr_mult``.
+
+    DeepLab V1/V2 train the newly added layers at 10x the learning rate (V1 section 4.1). Weight decay applies
+    to conv/linear weights only, not to BatchNorm parameters and biases, as in the reference TensorFlow code.
+    Each group carries ``name`` and ``lr_mult`` so schedulers keep the ratio.
+    """
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        part = "backbone" if id(p) in backbone_ids else "head"
+        groups.setdefault((part, p.ndim > 1), []).append(p)
+    result = []
+    for (part, decay), params in sorted(groups.items()):
+        mult = 1.0 if part == "backbone" else head_lr_mult
+        result.append({
+            "params": params, "name": f"{part}{'' if decay else '_no_decay'}", "lr": lr * mult, "lr_mult": mult,
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+    return result
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains any net mapping images [N,3,H,W] to logits [N,C,H,W] with pixel-wise cross-entropy.
+
+    Args:
+        arch: a model name from :func:`deeplab_lightning.models.list_models` or an ``nn.Module``.
+        num_classes: number of classes (linked from the data module by the command line).
+        output_stride: passed to :func:`create_model` when ``arch`` is a name (None: the paper's value).
+        pretrained_backbone: load ImageNet weights into the backbone when ``arch`` is a name.
+        model_kwargs: further keyword arguments for :func:`create_model`.
+        lr: base learning rate (backbone group); the head group uses ``lr * head_lr_mult``.
+        momentum, weight_decay: SGD settings.
+        head_lr_mult: learning-rate multiplier of the head (10 in DeepLab V1/V2).
+        ignore_index: label excluded from the loss and the metrics (255 in VOC and Cityscapes).
+        class_names: names used for the per-class IoU logs (linked from the data module).
+
+    Batches are dicts with ``"image"`` float [N,3,H,W] and ``"mask"`` long [N,H,W]; evaluation batches may
+    hold padded images of different sizes, described by ``"size"`` long [N,2] (each image's own H, W).
+    """
+
+    def __init__(
+        self,
+        arch: str | nn.Module = "deeplabv3plus_resnet101",
+        num_classes: int = 21,
+        *,
+        output_stride: int | None = None,
+        pretrained_backbone: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        lr: float = 0.007,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        head_lr_mult: float = 10.0,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["arch"] if isinstance(arch, nn.Module) else None)
+        if isinstance(arch, nn.Module):
+            self.net = arch
+        else:
+            self.net = create_model(arch, num_classes, output_stride=output_stride,
+                                    pretrained_backbone=pretrained_backbone, **(model_kwargs or {}))
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.results: dict[str, dict[str, torch.Tensor]] = {}  # last computed metrics per stage, for reports
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the non-ignored pixels of the batch (0, not NaN, when all are ignored)."""
+        loss = F.cross_entropy(logits, mask, ignore_index=self.hparams.ignore_index, reduction="sum")
+        return loss / (mask != self.hparams.ignore_index).sum().clamp_min(1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def predict_logits(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Logits of each image at its own size: [C, h_i, w_i] per image.
+
+        Images of different sizes padded into one batch run one by one, so padding never changes a
+        prediction (image pooling would otherwise average over the padding) and the metric does not depend
+        on the batch size.
+        """
+        images = batch["image"]
+        sizes = batch.get("size")
+        if sizes is None or bool((sizes == sizes.new_tensor(images.shape[-2:])).all()):
+            return list(self(images))
+        return [self(img[None, :, :h, :w])[0] for img, (h, w) in zip(images, sizes.tolist())]
+
+    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> None:
+        logits = self.predict_logits(batch)
+        masks = batch["mask"]
+        loss = logits[0].new_zeros(())
+        for i, lg in enumerate(logits):
+            h, w = lg.shape[-2:]
+            target = masks[i, :h, :w]
+            metrics.update(lg.argmax(0)[None], target[None])
+            loss = loss + self.loss(lg[None], target[None])
+        self.log(f"{stage}/loss", loss / len(logits), batch_size=len(logits), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
+        """Predicted labels per image, [h_i, w_i] each."""
+        return [lg.argmax(0) for lg in self.predict_logits(batch)]
+
+    def _log_epoch(self, metrics: SegmentationMetrics, stage: str) -> None:
+        results = metrics.compute()
+        metrics.reset()
+        self.results[stage] = {k: v.detach().cpu() for k, v in results.items()}
+        self.log(f"{stage}/mIoU", results["mIoU"])
+        self.log(f"{stage}/pixel_acc", results["pixel_acc"])
+        for name, iou in zip(self.class_names, results["iou"]):
+            self.log(f"{stage}/iou/{name}", iou)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        groups = parameter_groups(self.net, hp.lr, hp.weight_decay, hp.head_lr_mult)
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)

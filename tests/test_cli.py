@@ -1,0 +1,79 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from deeplab_lightning.cli import main
+from deeplab_lightning.module import SegmentationModule
+
+from conftest import REPO
+
+
+def write_config(tmp_path, toy_dir, toy_settings, max_steps=2):
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False,
+            "default_root_dir": str(tmp_path), "enable_progress_bar": False, "num_sanity_val_steps": 0,
+            "val_check_interval": max_steps, "check_val_every_n_epoch": None,
+            "callbacks": [
+                {"class_path": "deeplab_lightning.callbacks.PolyLR"},
+                {"class_path": "deeplab_lightning.callbacks.IoUTable"},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(tmp_path / "ckpt"), "filename": "best", "monitor": "val/mIoU",
+                               "mode": "max", "save_last": True}},
+            ],
+        },
+        "model": {"arch": "deeplabv3plus_resnet18", "model_kwargs": {"aspp_channels": 16, "decoder_channels": 16},
+                  "lr": 0.01},
+        "data": {"class_path": "deeplab_lightning.data.ToyVOCDataModule",
+                 "init_args": {"data_dir": str(toy_dir), **toy_settings, "crop_size": 64, "batch_size": 2,
+                               "val_batch_size": 3, "num_workers": 0}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, toy_settings, capsys):
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    cli = main(["fit", "--config", str(config)])
+    assert cli.trainer.global_step == 2
+    assert cli.model.num_classes == 6 and cli.model.class_names[1] == "disk"  # linked from the data module
+    assert "val/mIoU" in cli.trainer.callback_metrics
+    best, last = tmp_path / "ckpt" / "best.ckpt", tmp_path / "ckpt" / "last.ckpt"
+    assert best.is_file() and last.is_file()
+    assert "mean IoU" in capsys.readouterr().out  # the final rich table
+
+    reloaded = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
+    for (name, a), b in zip(cli.model.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    cli = main(["test", "--config", str(config), "--ckpt_path", str(last)])
+    assert 0.0 <= cli.trainer.callback_metrics["test/mIoU"].item() <= 1.0
+
+
+def test_quickstart_config_parses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "experiments" / "quickstart.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["arch"] == "deeplabv3plus_resnet18"
+    assert printed["data"]["class_path"] == "deeplab_lightning.data.ToyVOCDataModule"
+
+
+def test_unknown_model_name_fails_with_the_list(tmp_path, toy_dir, toy_settings):
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    with pytest.raises(ValueError, match="deeplabv3plus_resnet101"):
+        main(["fit", "--config", str(config), "--model.arch", "deeplab_unknown"])
+
+
+def test_console_entry_points_answer_help():
+    script = Path(sys.executable).parent / "deeplab-lightning"  # installed beside this Python
+    for cmd in ([str(script), "--help"], [sys.executable, "-m", "deeplab_lightning", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for sub in ("fit", "validate", "test", "predict"):
+            assert sub in out.stdout

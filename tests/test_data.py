@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule, VOCDataModule, generate_toy_voc, pad_collate
+from deeplab_lightning.data.dataset import SegmentationDataset, Sample, read_mask
+
+
+def test_toy_dataset_has_voc_layout_and_is_read_by_the_voc_module(toy_dir, toy_settings):
+    root = toy_dir / "VOCdevkit" / "VOC2012"
+    assert (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split() == [
+        f"toy_train_{i:05d}" for i in range(16)]
+    mask = Image.open(root / "SegmentationClass" / "toy_val_00000.png")
+    assert mask.mode == "P"
+    values = set(np.unique(np.array(mask)).tolist())
+    assert values <= set(range(len(TOY_CLASSES))) | {255} and 255 in values and len(values) > 2
+    dm = VOCDataModule(str(toy_dir), num_workers=0)
+    assert len(dm.samples("val")) == 6 and dm.num_classes == 21
+    # The VOC reader on toy data with the toy class list: the same code path.
+    toy = ToyVOCDataModule(str(toy_dir), **toy_settings, num_workers=0)
+    assert [s.id for s in toy.samples("val")] == [s.id for s in dm.samples("val")]
+
+
+def test_toy_generation_is_deterministic_and_refuses_other_settings(tmp_path, toy_dir, toy_settings):
+    generate_toy_voc(tmp_path, **toy_settings)
+    a = (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/toy_train_00003.png").read_bytes()
+    b = (toy_dir / "VOCdevkit/VOC2012/SegmentationClass/toy_train_00003.png").read_bytes()
+    assert a == b
+    with pytest.raises(FileExistsError, match="other settings"):
+        generate_toy_voc(tmp_path, **{**toy_settings, "num_train": 3})
+    assert not (tmp_path / "VOCdevkit.partial").exists()
+
+
+def test_missing_voc_folder_names_the_expected_layout(tmp_path):
+    dm = VOCDataModule(str(tmp_path / "nowhere"), num_workers=0)
+    with pytest.raises(FileNotFoundError) as err:
+        dm.setup("fit")
+        dm.train_dataloader()
+    message = str(err.value)
+    assert "nowhere" in message and "JPEGImages" in message and "SegmentationClass" in message
+
+
+def test_train_samples_are_cropped_and_padded_with_ignore(toy_dir, toy_settings):
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=96, scale_range=(0.5, 0.5), num_workers=0)
+    sample = dm.dataset("train", train=True)[0]
+    assert sample["image"].shape == (3, 96, 96) and sample["image"].dtype == torch.float32
+    assert sample["mask"].dtype == torch.long
+    # Images of 64-80 px scaled by 0.5 are smaller than the crop: the padding is void, never a class.
+    pad = sample["raw_image"].float().sum(0) == float(124 + 116 + 104)
+    assert (sample["mask"][pad & (sample["mask"] != 255)]).numel() < 0.05 * pad.sum()
+    assert (sample["mask"] == 255).float().mean() > 0.5
+
+
+def test_eval_samples_keep_full_resolution(toy_dir, toy_settings):
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, num_workers=0)
+    ds = dm.dataset("val")
+    root = toy_dir / "VOCdevkit" / "VOC2012"
+    for i in range(3):
+        sample = ds[i]
+        labels = np.array(Image.open(root / "SegmentationClass" / f"{sample['id']}.png"))
+        assert torch.equal(sample["mask"], torch.from_numpy(labels).long())
+        assert tuple(sample["size"].tolist()) == labels.shape
+
+
+def test_pad_collate_pads_masks_with_ignore_and_records_sizes():
+    a = {"image": torch.ones(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.long),
+         "raw_image": torch.ones(3, 4, 5, dtype=torch.uint8), "id": "a", "size": torch.tensor([4, 5])}
+    b = {"image": torch.ones(3, 6, 3), "mask": torch.ones(6, 3, dtype=torch.long),
+         "raw_image": torch.ones(3, 6, 3, dtype=torch.uint8), "id": "b", "size": torch.tensor([6, 3])}
+    batch = pad_collate([a, b])
+    assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5)
+    assert (batch["mask"][0, 4:] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
+    assert batch["image"][0, :, 4:].abs().sum() == 0
+    assert batch["size"].tolist() == [[4, 5], [6, 3]] and batch["id"] == ["a", "b"]
+
+
+def test_bad_labels_and_sizes_name_the_file(tmp_path):
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.array([[0, 1], [30, 255]], dtype=np.uint8), mode="L").save(bad)
+    with pytest.raises(ValueError, match="bad.png.*30"):
+        read_mask(bad, num_classes=21)
+    Image.new("RGB", (2, 2)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="rgb.png"):
+        read_mask(tmp_path / "rgb.png", num_classes=21)
+    Image.new("RGB", (3, 2)).save(tmp_path / "img.jpg")
+    Image.new("L", (2, 2)).save(tmp_path / "ok.png")
+    ds = SegmentationDataset([Sample("x", tmp_path / "img.jpg", tmp_path / "ok.png")], num_classes=21)
+    with pytest.raises(ValueError, match="img.jpg"):
+        ds[0]
+    with pytest.raises(ValueError, match="empty"):
+        SegmentationDataset([], num_classes=21)

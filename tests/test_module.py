@@ -1,0 +1,68 @@
+import lightning as L
+import pytest
+import torch
+
+from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
+from deeplab_lightning.module import SegmentationModule, parameter_groups
+
+
+def tiny_module(**kwargs):
+    kwargs.setdefault("model_kwargs", {"aspp_channels": 16, "decoder_channels": 16, "low_level_channels": 8})
+    return SegmentationModule("deeplabv3plus_resnet18", num_classes=6, **kwargs)
+
+
+def test_parameter_groups_split_backbone_head_and_decay():
+    module = tiny_module(lr=0.01, head_lr_mult=10.0, weight_decay=1e-4)
+    groups = {g["name"]: g for g in module.configure_optimizers().param_groups}
+    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    assert groups["backbone"]["lr"] == 0.01 and groups["head"]["lr"] == pytest.approx(0.1)
+    assert groups["head_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 1e-4
+    backbone_ids = {id(p) for p in module.net.backbone.parameters()}
+    assert {id(p) for p in groups["backbone"]["params"] + groups["backbone_no_decay"]["params"]} == backbone_ids
+    n_params = sum(len(g["params"]) for g in groups.values())
+    assert n_params == len(list(module.parameters()))
+
+
+def test_module_without_backbone_gets_one_lr():
+    groups = parameter_groups(torch.nn.Conv2d(3, 2, 1), lr=0.1, weight_decay=0.0, head_lr_mult=10.0)
+    assert {g["lr"] for g in groups} == {1.0}
+
+
+def test_training_and_validation_steps_on_tiny_inputs():
+    module = tiny_module()
+    batch = {"image": torch.randn(2, 3, 64, 64), "mask": torch.randint(0, 6, (2, 64, 64))}
+    batch["mask"][:, :8] = 255
+    loss = module.training_step(batch, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.requires_grad
+    loss.backward()
+    all_ignored = {"image": batch["image"], "mask": torch.full((2, 64, 64), 255)}
+    assert module.training_step(all_ignored, 0).item() == 0.0  # not NaN
+    module.eval()
+    with torch.no_grad():
+        module.validation_step({**batch, "size": torch.tensor([[64, 64], [64, 64]])}, 0)
+    assert module.val_metrics.confmat.sum().item() == (batch["mask"] != 255).sum().item()
+
+
+def _validate(module, datamodule):
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+
+
+def test_mIoU_does_not_depend_on_validation_batch_size(toy_dir, toy_settings):
+    torch.manual_seed(0)
+    module = tiny_module(class_names=TOY_CLASSES)
+    # A few training steps so that the predictions are not constant.
+    opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=64, batch_size=4, num_workers=0)
+    for batch in dm.train_dataloader():
+        opt.zero_grad()
+        module.training_step(batch, 0).backward()
+        opt.step()
+    results = {}
+    for bs in (1, 4):
+        dm = ToyVOCDataModule(str(toy_dir), **toy_settings, val_batch_size=bs, num_workers=0)
+        results[bs] = _validate(module, dm)
+    assert results[1]["val/mIoU"] == pytest.approx(results[4]["val/mIoU"], abs=1e-6)
+    assert results[1]["val/pixel_acc"] == pytest.approx(results[4]["val/pixel_acc"], abs=1e-6)
+    assert 0.0 < results[1]["val/pixel_acc"] < 1.0
+    assert results[1]["val/iou/disk"] == pytest.approx(results[4]["val/iou/disk"], abs=1e-6, nan_ok=True)

@@ -1,0 +1,58 @@
+import lightning as L
+import pytest
+import torch
+
+from deeplab_lightning.callbacks import PolyLR, poly_lr_factor
+from deeplab_lightning.module import SegmentationModule
+
+
+def test_poly_factor_exact_values():
+    assert poly_lr_factor(0, 10) == 1.0
+    assert poly_lr_factor(5, 10) == 0.5**0.9
+    assert poly_lr_factor(9, 10, power=1.0) == pytest.approx(0.1)
+    assert poly_lr_factor(10, 10) == 0.0
+    assert poly_lr_factor(12, 10) == 0.0  # clamped past the end
+    # warmup ramps linearly from the start factor, multiplied by the poly value
+    assert poly_lr_factor(0, 10, warmup_steps=4, warmup_start_factor=0.2) == pytest.approx(0.2)
+    assert poly_lr_factor(2, 10, warmup_steps=4) == pytest.approx(0.5 * 0.8**0.9)
+    assert poly_lr_factor(4, 10, warmup_steps=4) == pytest.approx(0.6**0.9)
+    with pytest.raises(ValueError, match="max_steps"):
+        poly_lr_factor(0, 0)
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.backbone = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.classifier = torch.nn.Conv2d(4, num_classes, 1)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.backbone(x)))
+
+
+class RecordLR(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+
+
+def _loader(n=12):
+    data = [{"image": torch.randn(3, 8, 8), "mask": torch.randint(0, 3, (8, 8))} for _ in range(n)]
+    return torch.utils.data.DataLoader(data, batch_size=2)
+
+
+def test_poly_lr_sequence_in_training_keeps_head_multiplier(tmp_path):
+    module = SegmentationModule(TinyNet(), num_classes=3, lr=0.01, head_lr_mult=10.0, weight_decay=1e-4)
+    recorder = RecordLR()
+    trainer = L.Trainer(max_steps=5, callbacks=[PolyLR(power=0.9), recorder], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=_loader())
+    assert len(recorder.lrs) == 5
+    for step, lrs in enumerate(recorder.lrs):
+        factor = (1 - step / 5) ** 0.9
+        assert lrs["backbone"] == pytest.approx(0.01 * factor, rel=1e-12)
+        assert lrs["backbone_no_decay"] == pytest.approx(0.01 * factor, rel=1e-12)
+        assert lrs["head"] == pytest.approx(0.1 * factor, rel=1e-12)
+        assert lrs["head_no_decay"] == pytest.approx(0.1 * factor, rel=1e-12)
