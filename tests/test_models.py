@@ -80,3 +80,97 @@ def test_train_mode_batch_size_one_works_with_image_pooling():
     out = model(torch.randn(1, 3, 64, 64))
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
     assert torch.equal(pooling_bn.running_mean, before)  # running stats used, not updated, for N=1
+
+
+SMALL = {
+    "deeplabv1_vgg16_largefov": {"channels": 32},
+    "deeplabv2_vgg16": {"channels": 16},
+    "deeplabv2_resnet101": {},
+    "deeplabv3_resnet50": {"aspp_channels": 16},
+    "deeplabv3_resnet101": {"aspp_channels": 16},
+    "deeplabv3_cascade_resnet101": {"num_blocks": 1},
+    "deeplabv3plus_resnet50": {"aspp_channels": 16, "decoder_channels": 16},
+    "deeplabv3plus_resnet101": {"aspp_channels": 16, "decoder_channels": 16},
+    "deeplabv3plus_xception65": {"aspp_channels": 16, "decoder_channels": 16},
+}
+
+
+def test_every_required_name_is_registered():
+    assert set(SMALL) | {"deeplabv3plus_resnet18"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_variant_forward_backward_at_65(name):
+    model = create_model(name, num_classes=4, **SMALL[name])
+    assert model.output_stride == (8 if "v1" in name or "v2" in name else 16)
+    out = model(torch.randn(2, 3, 65, 65))
+    assert out.shape == (2, 4, 65, 65)
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_vgg16_atrous_geometry_and_strict_weights():
+    from deeplab_lightning.models.backbones.vgg import VGG16Backbone
+
+    backbone = VGG16Backbone().eval()
+    backbone.load_torchvision_state_dict(tvm.vgg16(weights=None).state_dict())
+    pools = [m for m in backbone.features if isinstance(m, nn.MaxPool2d)]
+    assert [p.stride for p in pools] == [2, 2, 2, 1, 1]
+    assert dilations(backbone.features[24:]) == [2, 2, 2] and set(dilations(backbone.features[:24])) == {1}
+    feats = backbone(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [16, 8]
+
+
+def test_largefov_subsamples_vgg_fc_layers():
+    from deeplab_lightning.models.heads.largefov import FCHead
+
+    fc = tvm.vgg16(weights=None).classifier.state_dict()
+    head = FCHead(512, 21, dilation=12)
+    head.load_vgg_fc(fc)
+    assert head.fc6.dilation == (12, 12) and head.fc6.weight.shape == (1024, 512, 3, 3)
+    full = fc["0.weight"].view(4096, 512, 7, 7)
+    assert torch.equal(head.fc6.weight[5, :, 1, 2], full[20, :, 3, 6])
+    assert torch.equal(head.fc7.weight[7, 9, 0, 0], fc["3.weight"][28, 36])
+
+
+def test_aspp_l_sums_four_branches():
+    from deeplab_lightning.models.heads.aspp import ASPPL
+
+    head = ASPPL(8, 3, channels=None).eval()
+    assert [b.dilation[0] for b in head.branches] == [6, 12, 18, 24]
+    x = torch.randn(1, 8, 30, 30)
+    assert torch.allclose(head(x), sum(b(x) for b in head.branches), atol=1e-6)
+    assert [b.fc6.dilation[0] for b in ASPPL(8, 3, channels=4).branches] == [6, 12, 18, 24]
+
+
+def test_cascade_block_rates_follow_multi_grid():
+    model = create_model("deeplabv3_cascade_resnet50", num_classes=3)
+    blocks = model.cascade.blocks
+    assert len(blocks) == 3  # block5-7
+    assert [[u.conv2.dilation[0] for u in block] for block in blocks] == [[4, 8, 16], [8, 16, 32], [16, 32, 64]]
+
+
+def test_xception_uses_separable_convs_and_stride_4_decoder_input():
+    model = create_model("deeplabv3plus_xception65", num_classes=3, aspp_channels=16, decoder_channels=16)
+    assert model.backbone.feature_info[model.low_level_index].channels == 256
+    depthwise = model.aspp.branches[1][0]
+    assert depthwise.groups == depthwise.in_channels and depthwise.dilation == (6, 6)
+
+
+@pytest.mark.parametrize("builder", [tvm.segmentation.deeplabv3_resnet50, tvm.segmentation.deeplabv3_resnet101])
+def test_from_torchvision_gives_the_same_outputs(builder):
+    from deeplab_lightning.models import from_torchvision
+
+    torch.manual_seed(0)
+    reference = builder(weights=None, weights_backbone=None, num_classes=5, aux_loss=True).eval()
+    for m in reference.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    model = from_torchvision(reference).eval()
+    x = torch.randn(2, 3, 67, 81)
+    with torch.no_grad():
+        expected = reference(x)["out"]
+        assert (model(x) - expected).abs().max().item() <= 1e-4
+    assert model.aspp.atrous_rates == (12, 24, 36) and model.output_stride == 8

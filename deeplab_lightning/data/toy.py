@@ -93,7 +93,7 @@ def render_toy_sample(rng: np.random.Generator, size_range: tuple[int, int] = (1
     scale = min(h, w)
     for _ in range(rng.integers(1, max_objects + 1)):
         cls = int(rng.integers(1, len(TOY_CLASSES)))
-        r = rng.uniform(0.16, 0.34) * scale
+        r = rng.uniform(0.18, 0.35) * scale
         cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
         color = _random_color(rng)
         if TOY_CLASSES[cls] == "disk":

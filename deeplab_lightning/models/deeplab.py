@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import Backbone
-from .heads.aspp import ASPP, default_atrous_rates
+from .heads.aspp import ASPP, ASPPL, default_atrous_rates
+from .heads.cascade import CascadeBlocks
 from .heads.decoder import Decoder
+from .heads.largefov import FCHead
 
 
 class DeepLab(nn.Module):
@@ -35,6 +37,49 @@ class DeepLab(nn.Module):
             raise ValueError(f"{type(self).__name__} expects images of shape [N, 3, H, W], got {list(images.shape)}")
         logits = self.head(self.backbone(images))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class DeepLabV1(DeepLab):
+    """DeepLab V1 LargeFOV (V1 sections 3.1 and 4.1): atrous VGG-16 (output stride 8) -> fc6 3x3 with
+    dilation 12 and 1024 channels -> fc7 1x1 1024 -> fc8, dropout 0.5, bilinear x8. The dense CRF of the
+    paper is a separate post-processing step. With ImageNet weights, fc6/fc7 start from VGG's subsampled fc
+    layers.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int = 21, *, dilation: int = 12, channels: int = 1024,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.classifier = FCHead(backbone.feature_info[-1].channels, num_classes, dilation=dilation,
+                                 channels=channels, dropout=dropout)
+        if getattr(backbone, "imagenet_fc", None) is not None:
+            self.classifier.load_vgg_fc(backbone.imagenet_fc)
+
+    def head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(features[-1])
+
+
+class DeepLabV2(DeepLab):
+    """DeepLab V2 with ASPP-L (V2 section 3.3): four atrous branches (rates 6, 12, 18, 24) whose logits
+    are summed, bilinear x8. ``channels=1024`` gives each branch fc6-fc7-fc8 (VGG-16);
+    ``channels=None`` a single 3x3 conv per branch (ResNet-101, as in the released model).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int = 21, *,
+                 atrous_rates: Sequence[int] = (6, 12, 18, 24), channels: int | None = 1024,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.aspp = ASPPL(backbone.feature_info[-1].channels, num_classes, atrous_rates, channels=channels,
+                          dropout=dropout)
+        if channels is not None and getattr(backbone, "imagenet_fc", None) is not None:
+            for branch in self.aspp.branches:
+                branch.load_vgg_fc(backbone.imagenet_fc)
+
+    def head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.aspp(features[-1])
 
 
 class DeepLabV3(DeepLab):
@@ -104,3 +149,23 @@ class DeepLabV3Plus(DeepLab):
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(self.aspp(features[-1]), features[self.low_level_index])
+
+
+class DeepLabV3Cascade(DeepLab):
+    """DeepLab V3 "going deeper" (V3 section 3.2): block4 followed by cascaded copies block5-7, each at twice
+    the previous rate and with multi-grid unit rates, then a 1x1 classifier (no ASPP). Needs a ResNet-50/101.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int = 21, *, num_blocks: int = 3,
+                 multi_grid: Sequence[int] = (1, 2, 4)) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        channels = backbone.feature_info[-1].channels
+        block4_rate = max(32 // backbone.output_stride, 1)
+        self.cascade = CascadeBlocks(channels, block4_rate=block4_rate, num_blocks=num_blocks,
+                                     multi_grid=multi_grid)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.cascade(features[-1]))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ConvBNReLU
+from .largefov import FCHead
 
 
 def default_atrous_rates(output_stride: int) -> tuple[int, int, int]:
@@ -72,3 +73,33 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+class ASPPL(nn.Module):
+    """V2's ASPP-L (V2 section 3.3, figure 7): four parallel branches at dilation 6, 12, 18, 24 whose
+    class scores are **summed**.
+
+    With ``channels`` (VGG-16: 1024) each branch is fc6 (3x3 atrous) -> fc7 -> fc8 with dropout, as in the
+    paper; with ``channels=None`` (ResNet-101, as in the released DeepLab-v2 ResNet model) each branch is a
+    single 3x3 atrous conv to the classes. [N, in_channels, H, W] -> [N, num_classes, H, W].
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (6, 12, 18, 24), *,
+                 channels: int | None = 1024, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.atrous_rates = tuple(atrous_rates)
+        if channels is None:
+            branches = [nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in atrous_rates]
+            for conv in branches:
+                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.zeros_(conv.bias)
+        else:
+            branches = [FCHead(in_channels, num_classes, dilation=r, channels=channels, dropout=dropout)
+                        for r in atrous_rates]
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out

@@ -1,0 +1,50 @@
+"""VGG-16 with atrous convolution, output stride 8 (DeepLab V1 section 3.1, V2 section 4.1)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .base import Backbone, FeatureInfo
+
+# Indices of torchvision's vgg16().features: pooling layers and the conv5 block.
+_POOLS = (4, 9, 16, 23, 30)
+_CONV5 = (24, 26, 28)
+
+
+class VGG16Backbone(Backbone):
+    """VGG-16 conv layers as DeepLab converts them (V1 section 3.1):
+
+    * pool1-3: 3x3 max pooling, stride 2, padding 1 (the DeepLab prototxt's pooling);
+    * pool4 and pool5: 3x3, stride 1, padding 1, so the output stride is 8;
+    * conv5_1-3: dilation 2, compensating pool4's removed stride.
+
+    ``features`` keeps torchvision's indices, so ``VGG16_Weights.IMAGENET1K_V1`` loads strictly into it
+    (``classifier.*`` aside: with ``pretrained`` it is kept in ``imagenet_fc`` for the heads to subsample into
+    fc6/fc7). Input [N,3,H,W] -> [conv3_3 [N,256,H/4,W/4], pool5 [N,512,H/8,W/8]].
+    """
+
+    output_stride = 8
+
+    def __init__(self, *, pretrained: bool = False) -> None:
+        super().__init__()
+        weights = tvm.VGG16_Weights.IMAGENET1K_V1 if pretrained else None
+        net = tvm.vgg16(weights=weights)
+        features = net.features
+        for i in _POOLS:
+            stride = 2 if i in _POOLS[:3] else 1
+            features[i] = nn.MaxPool2d(3, stride=stride, padding=1)
+        for i in _CONV5:
+            features[i].dilation, features[i].padding = (2, 2), (2, 2)
+        self.features = features
+        # ImageNet fc6/fc7 weights, kept (unregistered) for the heads' initialisation; None without weights.
+        self.imagenet_fc = {k: v.detach() for k, v in net.classifier.state_dict().items()} if pretrained else None
+        self.feature_info = [FeatureInfo("conv3_3", 256, 4), FeatureInfo("pool5", 512, 8)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        low_level = self.features[:16](x)  # conv3_3 + ReLU, stride 4
+        return [low_level, self.features[16:](low_level)]
+
+    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Strictly load a torchvision VGG-16 state dict (its ``classifier.*`` is dropped)."""
+        self.load_state_dict({k: v for k, v in state_dict.items() if k.startswith("features.")}, strict=True)

@@ -1,0 +1,58 @@
+"""Conversion of torchvision's DeepLabV3 models into this project's :class:`DeepLabV3`."""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .backbones.resnet import ResNetBackbone
+from .deeplab import DeepLabV3
+
+# torchvision key prefix -> this project's; the ASPP image-pooling branch is convs.4 (pool, conv, bn, relu).
+_KEY_MAP = [
+    (r"^backbone\.", "backbone."),
+    (r"^classifier\.0\.convs\.4\.1\.", "aspp.branches.4.conv."),
+    (r"^classifier\.0\.convs\.4\.2\.", "aspp.branches.4.bn."),
+    (r"^classifier\.0\.convs\.(\d)\.", r"aspp.branches.\1."),
+    (r"^classifier\.0\.project\.([01])\.", r"aspp.project.0.\1."),
+    (r"^classifier\.([124])\.", lambda m: f"classifier.{int(m.group(1)) - 1}."),
+]
+
+
+def _map_key(key: str) -> str:
+    for pattern, repl in _KEY_MAP:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    raise KeyError(f"unexpected key in torchvision DeepLabV3 state dict: {key}")
+
+
+def from_torchvision(tv_model: nn.Module) -> DeepLabV3:
+    """Convert torchvision's ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` (weights included).
+
+    torchvision fixes output stride 8 with rates (12, 24, 36), dilates the first unit of each dilated stage
+    at the previous rate, adds a 3x3 conv before the classifier and uses dropout 0.5 after the ASPP
+    projection; the converted model keeps all of these (its conv geometry is copied), so it gives the same
+    outputs in eval mode. The auxiliary FCN head, if any, is dropped.
+    """
+    body = tv_model.backbone
+    depth = {6: 50, 23: 101}.get(len(body.layer3))
+    if depth is None:
+        raise ValueError("from_torchvision expects torchvision's deeplabv3_resnet50 or deeplabv3_resnet101")
+    aspp = tv_model.classifier[0]
+    rates = tuple(branch[0].dilation[0] for branch in list(aspp.convs)[1:-1])
+    num_classes = tv_model.classifier[-1].out_channels
+    model = DeepLabV3(ResNetBackbone(depth, output_stride=8), num_classes, atrous_rates=rates,
+                      aspp_dropout=aspp.project[-1].p, extra_conv=True)
+    source = dict(body.named_modules())
+    for name, conv in model.backbone.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            ref = source[name]
+            conv.stride, conv.dilation, conv.padding = ref.stride, ref.dilation, ref.padding
+    model.backbone.block_dilations = {
+        stage: tuple(block.conv2.dilation[0] for block in getattr(model.backbone, stage))
+        for stage in ("layer1", "layer2", "layer3", "layer4")
+    }
+    state = {_map_key(k): v for k, v in tv_model.state_dict().items() if not k.startswith("aux_classifier.")}
+    model.load_state_dict(state, strict=True)
+    return model
