@@ -4,11 +4,13 @@ counted as 2 FLOPs, forward pass, batch 1, 21 classes.
 
     python scripts/model_table.py              # print the Markdown table
     python scripts/model_table.py --readme     # also replace the table between the markers in README.md
+    python scripts/model_table.py --check      # also run forward + backward at 513x513 on the CPU (slow)
 """
 from __future__ import annotations
 
 import argparse
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -46,19 +48,34 @@ def row(name: str) -> list[str]:
             f"{counter.get_total_flops() / 1e9:.0f}"]
 
 
-def table() -> str:
+def check(name: str, size: int = 513) -> str:
+    """Forward + backward of one image at ``size`` on the CPU; returns the seconds it took."""
+    model = create_model(name, num_classes=21).train()
+    start = time.perf_counter()
+    logits = model(torch.randn(2, 3, size, size))
+    if logits.shape != (2, 21, size, size):
+        raise AssertionError(f"{name}: logits {tuple(logits.shape)} at input {size}x{size}")
+    logits.mean().backward()
+    return f"{time.perf_counter() - start:.1f}"
+
+
+def table(run_check: bool = False) -> str:
     header = ["name", "backbone", "output stride (train)", "atrous rates", "params (M)", "GFLOPs @513"]
+    header += ["CPU fwd+bwd 2x513² (s)"] if run_check else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row(name)) + " |" for name in list_models()]
+    for name in list_models():
+        cells = row(name) + ([check(name)] if run_check else [])
+        lines.append("| " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--check", action="store_true", help="run forward + backward at 513x513 (CPU, slow)")
     args = parser.parse_args()
-    text = table()
-    print(text)
+    text = table(args.check)
     if args.readme:
         readme = Path(__file__).resolve().parents[1] / "README.md"
         content = readme.read_text()

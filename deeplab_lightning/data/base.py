@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -29,6 +30,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     class_names: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] = ()
+    label_map: np.ndarray | None = None  # raw label id -> train id lookup table (Cityscapes)
 
     def __init__(
         self,
@@ -63,7 +65,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         transform = train_transform(self.crop_size, self.scale_range) if train else None
-        return SegmentationDataset(self.samples(split), self.num_classes, transform)
+        return SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(

@@ -37,20 +37,28 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
+def _read_label_array(path: Path) -> np.ndarray:
+    if path.suffix == ".mat":  # SBD: a MATLAB struct GTcls with the class map in .Segmentation
+        from scipy.io import loadmat
+
+        return np.asarray(loadmat(str(path))["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
+    with Image.open(path) as img:
+        img.load()
+        if img.mode not in ("P", "L"):
+            raise ValueError(f"mode {img.mode!r}; expected a palette ('P') or grayscale ('L') PNG of class "
+                             f"indices, not colours")
+        return np.array(img, dtype=np.uint8)
+
+
 def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None) -> torch.Tensor:
-    """Labels uint8 [H, W] from a palette or grayscale PNG of class indices (255 = ignore).
+    """Labels uint8 [H, W] from a palette or grayscale PNG of class indices (255 = ignore), or an SBD .mat.
 
     ``label_map`` (a 256-entry lookup table) maps raw ids to train ids first (Cityscapes). Any label outside
     [0, num_classes) other than 255 raises, naming the file: a silently wrong label is worse than a crash.
     """
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("P", "L"):
-                raise ValueError(f"mode {img.mode!r}; expected a palette ('P') or grayscale ('L') PNG of class "
-                                 f"indices, not colours")
-            labels = np.array(img, dtype=np.uint8)
-    except (OSError, ValueError) as err:
+        labels = _read_label_array(path)
+    except (OSError, ValueError, KeyError, IndexError) as err:
         raise ValueError(f"Cannot read label map {path}: {err}") from err
     if label_map is not None:
         labels = label_map[labels]

@@ -170,8 +170,9 @@ class ToyVOCDataModule(VOCDataModule):
     class_names = TOY_CLASSES
 
     def __init__(self, data_dir: str = "data/toy_voc", *, num_train: int = 1000, num_val: int = 100,
-                 size_range: tuple[int, int] = (120, 160), seed: int = 0, **kwargs) -> None:
-        super().__init__(data_dir, **kwargs)
+                 size_range: tuple[int, int] = (120, 160), seed: int = 0, train_split: str = "train",
+                 **kwargs) -> None:
+        super().__init__(data_dir, train_split=train_split, **kwargs)
         self.toy_settings = {"num_train": num_train, "num_val": num_val, "size_range": tuple(size_range),
                              "seed": seed}
 

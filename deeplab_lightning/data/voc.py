@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision.datasets import VOCSegmentation
+from torchvision.datasets import SBDataset, VOCSegmentation
 
 from .base import SegmentationDataModule
 from .classes import VOC_CLASSES, voc_palette
@@ -51,26 +51,63 @@ def check_files(samples: list[Sample], list_file: Path) -> list[Sample]:
 
 
 class VOCDataModule(SegmentationDataModule):
-    """PASCAL VOC 2012 segmentation (21 classes, void label 255).
+    """PASCAL VOC 2012 segmentation (21 classes, void label 255), with SBD's extra annotations.
 
     Args:
         data_dir: the folder holding ``VOCdevkit/VOC2012``.
-        **kwargs: see :class:`SegmentationDataModule` (splits, crop_size=513, scale_range=(0.5, 2.0), ...).
+        sbd_dir: the folder holding SBD's ``img/``, ``cls/``, ``train.txt`` and ``val.txt`` (for ``train_aug``).
+        train_split: ``"train_aug"`` (the papers' 10,582 images), ``"train"`` (1,464) or any list name.
+        **kwargs: see :class:`SegmentationDataModule` (crop_size=513, scale_range=(0.5, 2.0), ...).
 
-    Splits ``train``, ``val`` and ``trainval`` come from torchvision's ``VOCSegmentation``; any other split
-    name is read from ``ImageSets/Segmentation/<split>.txt``.
+    ``train``, ``val`` and ``trainval`` come from torchvision's ``VOCSegmentation``. ``train_aug`` = VOC train
+    ∪ SBD train ∪ SBD val, minus VOC val, without duplicates: from the pre-converted
+    ``SegmentationClassAug/`` + ``ImageSets/Segmentation/train_aug.txt`` when present, else from ``sbd_dir``
+    through torchvision's ``SBDataset`` (VOC's own PNG is used where an image has one). VOC val images are
+    always removed from ``train_aug``, whatever its list says. Any other split name is read from
+    ``ImageSets/Segmentation/<split>.txt``.
     """
 
     class_names = VOC_CLASSES
     palette = tuple(voc_palette())
 
-    def __init__(self, data_dir: str = "data/voc", **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, data_dir: str = "data/voc", *, sbd_dir: str | None = None, train_split: str = "train_aug",
+                 **kwargs) -> None:
+        super().__init__(train_split=train_split, **kwargs)
         self.data_dir = Path(data_dir)
+        self.sbd_dir = Path(sbd_dir) if sbd_dir is not None else None
+
+    def train_aug_samples(self, root: Path) -> list[Sample]:
+        """VOC train ∪ SBD train ∪ SBD val, minus VOC val (see the class docstring)."""
+        lists = root / "ImageSets" / "Segmentation"
+        val_ids = set(read_split(lists / "val.txt"))
+        aug_dir, aug_list = root / "SegmentationClassAug", lists / "train_aug.txt"
+        if aug_dir.is_dir() and aug_list.is_file():
+            return [Sample(i, root / "JPEGImages" / f"{i}.jpg", aug_dir / f"{i}.png")
+                    for i in dict.fromkeys(read_split(aug_list)) if i not in val_ids]
+        if self.sbd_dir is None:
+            raise FileNotFoundError(
+                f"train_aug needs SBD: set data.init_args.sbd_dir to the folder holding SBD's img/, cls/, "
+                f"train.txt and val.txt, or provide {aug_dir} with {aug_list}; or use train_split: train")
+        if not (self.sbd_dir / "cls").is_dir():
+            raise FileNotFoundError(f"SBD not found: {self.sbd_dir / 'cls'} does not exist (expected img/, cls/, "
+                                    f"train.txt, val.txt under sbd_dir={str(self.sbd_dir)!r})")
+        samples: dict[str, Sample] = {}
+        for sid in read_split(lists / "train.txt"):
+            samples[sid] = Sample(sid, root / "JPEGImages" / f"{sid}.jpg", root / "SegmentationClass" / f"{sid}.png")
+        for image_set in ("train", "val"):
+            sbd = SBDataset(str(self.sbd_dir), image_set=image_set, mode="segmentation")
+            for img, mask in zip(sbd.images, sbd.masks):
+                sid = Path(img).stem
+                if sid not in samples:
+                    voc_png = root / "SegmentationClass" / f"{sid}.png"
+                    samples[sid] = Sample(sid, Path(img), voc_png if voc_png.is_file() else Path(mask))
+        return [s for sid, s in sorted(samples.items()) if sid not in val_ids]
 
     def samples(self, split: str) -> list[Sample]:
         root = check_voc_root(self.data_dir)
         list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if split == "train_aug":
+            return check_files(self.train_aug_samples(root), list_file)
         if split in ("train", "val", "trainval"):
             read_split(list_file)  # clear errors for a missing or empty list
             tv = VOCSegmentation(str(self.data_dir), year="2012", image_set=split, download=False)

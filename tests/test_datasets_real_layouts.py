@@ -1,0 +1,89 @@
+"""VOC + SBD train_aug and Cityscapes, on miniature copies of their real folder layouts."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.io import savemat
+
+from deeplab_lightning.data import CityscapesDataModule, VOCDataModule
+
+
+def _jpg(path, h=6, w=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(path)
+
+
+def _png(path, labels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(labels, np.uint8), mode="L").save(path)
+
+
+@pytest.fixture
+def voc_sbd(tmp_path):
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    for sid in "abcde":
+        _jpg(root / "JPEGImages" / f"{sid}.jpg")
+    _png(root / "SegmentationClass" / "a.png", np.full((6, 8), 1))
+    _png(root / "SegmentationClass" / "b.png", np.full((6, 8), 2))
+    (lists / "train.txt").write_text("a\n")
+    (lists / "val.txt").write_text("b\n")
+    (lists / "trainval.txt").write_text("a\nb\n")
+    sbd = tmp_path / "sbd"
+    for sid, label in (("b", 5), ("c", 3), ("d", 4), ("a", 7)):
+        _jpg(sbd / "img" / f"{sid}.jpg")
+        (sbd / "cls").mkdir(parents=True, exist_ok=True)
+        savemat(sbd / "cls" / f"{sid}.mat", {"GTcls": {"Segmentation": np.full((6, 8), label, np.uint8)}})
+    (sbd / "train.txt").write_text("c\nb\n")
+    (sbd / "val.txt").write_text("d\na\n")
+    return tmp_path, sbd
+
+
+def test_train_aug_is_voc_train_and_sbd_minus_voc_val(voc_sbd):
+    data_dir, sbd = voc_sbd
+    dm = VOCDataModule(str(data_dir), sbd_dir=str(sbd), num_workers=0)
+    samples = dm.samples("train_aug")
+    assert [s.id for s in samples] == ["a", "c", "d"]  # b is a VOC val image: never trained on
+    assert samples[0].mask.suffix == ".png"  # VOC's own annotation wins over SBD's
+    ds = dm.dataset("train_aug")
+    assert [int(ds[i]["mask"][0, 0]) for i in range(3)] == [1, 3, 4]
+
+
+def test_train_aug_from_the_preconverted_layout_drops_val_ids(voc_sbd):
+    data_dir, _ = voc_sbd
+    root = data_dir / "VOCdevkit" / "VOC2012"
+    for sid in "abc":
+        _png(root / "SegmentationClassAug" / f"{sid}.png", np.full((6, 8), 9))
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("a\nb\nc\nc\n")
+    samples = VOCDataModule(str(data_dir), num_workers=0).samples("train_aug")
+    assert [s.id for s in samples] == ["a", "c"]
+    assert all(s.mask.parent.name == "SegmentationClassAug" for s in samples)
+
+
+def test_train_aug_without_sbd_says_what_to_provide(voc_sbd):
+    data_dir, _ = voc_sbd
+    with pytest.raises(FileNotFoundError, match="sbd_dir"):
+        VOCDataModule(str(data_dir), num_workers=0).samples("train_aug")
+    with pytest.raises(FileNotFoundError, match="available splits"):
+        VOCDataModule(str(data_dir), num_workers=0).samples("nonexistent")
+
+
+def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
+    ids = np.array([[7, 8, 26, 0], [33, 1, 24, 255]], np.uint8)
+    for split in ("train", "val"):
+        stem = tmp_path / "leftImg8bit" / split / "aachen" / "aachen_000000_000019"
+        _jpg(stem.with_name(stem.name + "_leftImg8bit.png"), 2, 4)
+        gt = tmp_path / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+        _png(gt, ids)
+    dm = CityscapesDataModule(str(tmp_path), num_workers=0)
+    assert dm.num_classes == 19 and dm.class_names[13] == "car"
+    sample = dm.dataset("val")[0]
+    assert sample["id"] == "aachen_000000_000019"
+    assert sample["mask"].tolist() == [[0, 1, 13, 255], [18, 255, 11, 255]]
+    assert dm.dataset("train", train=True).transform is not None
+
+
+def test_cityscapes_missing_folder_names_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gtFine"):
+        CityscapesDataModule(str(tmp_path), num_workers=0).samples("train")
