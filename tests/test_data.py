@@ -5,6 +5,7 @@ from PIL import Image
 
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule, VOCDataModule, generate_toy_voc, pad_collate
 from deeplab_lightning.data.dataset import SegmentationDataset, Sample, read_mask
+from deeplab_lightning.data.transforms import MEAN_PIXEL
 
 
 def test_toy_dataset_has_voc_layout_and_is_read_by_the_voc_module(toy_dir, toy_settings):
@@ -46,10 +47,11 @@ def test_train_samples_are_cropped_and_padded_with_ignore(toy_dir, toy_settings)
     sample = dm.dataset("train", train=True)[0]
     assert sample["image"].shape == (3, 96, 96) and sample["image"].dtype == torch.float32
     assert sample["mask"].dtype == torch.long
-    # Images of 64-80 px scaled by 0.5 are smaller than the crop: the padding is void, never a class.
-    pad = sample["raw_image"].float().sum(0) == float(124 + 116 + 104)
-    assert (sample["mask"][pad & (sample["mask"] != 255)]).numel() < 0.05 * pad.sum()
-    assert (sample["mask"] == 255).float().mean() > 0.5
+    # Images of 64-80 px scaled by 0.5 are smaller than the crop: over half of it is padding, whose label is
+    # void (never a class) and whose pixels are the mean colour.
+    pad = (sample["raw_image"] == torch.tensor(MEAN_PIXEL, dtype=torch.uint8).view(3, 1, 1)).all(0)
+    assert pad.float().mean() > 0.5
+    assert (sample["mask"][pad] == 255).all()
 
 
 def test_eval_samples_keep_full_resolution(toy_dir, toy_settings):
@@ -90,3 +92,40 @@ def test_bad_labels_and_sizes_name_the_file(tmp_path):
         ds[0]
     with pytest.raises(ValueError, match="empty"):
         SegmentationDataset([], num_classes=21)
+
+
+def test_truncated_image_names_the_file(tmp_path):
+    from deeplab_lightning.data.dataset import read_image
+
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(ValueError, match="cut.jpg"):
+        read_image(path)
+    gray = tmp_path / "gray.png"
+    Image.new("L", (5, 4), 7).save(gray)
+    assert read_image(gray).shape == (3, 4, 5)  # grayscale (and RGBA) images are converted to RGB
+
+
+def test_random_scale_resizes_masks_with_nearest_neighbour():
+    from torchvision import tv_tensors
+
+    from deeplab_lightning.data.transforms import RandomScale, train_transform
+
+    labels = torch.zeros(40, 60, dtype=torch.uint8)
+    labels[10:30, 20:50] = 3
+    labels[0:2] = 255
+    image = tv_tensors.Image(torch.randint(0, 255, (3, 40, 60), dtype=torch.uint8))
+    mask = tv_tensors.Mask(labels)
+    sizes = set()
+    for _ in range(20):
+        out_image, out_mask = RandomScale((0.5, 2.0))(image, mask)
+        assert out_image.shape[-2:] == out_mask.shape
+        assert 20 <= out_mask.shape[0] <= 80
+        assert set(out_mask.unique().tolist()) <= {0, 3, 255}  # no interpolated label values
+        sizes.add(out_mask.shape[0])
+    assert len(sizes) > 5
+    out_image, out_mask = train_transform(32, (1.0, 1.0))(image, mask)
+    assert out_image.shape == (3, 32, 32) and out_mask.shape == (32, 32)
+    with pytest.raises(ValueError, match="scale_range"):
+        RandomScale((2.0, 0.5))
