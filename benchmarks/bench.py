@@ -1,0 +1,146 @@
+"""Training and inference throughput of this project's DeepLabs next to their peers, in one process.
+
+    python benchmarks/bench.py --device cuda                 # real shapes: 512x512, batch 16, 21 classes
+    python benchmarks/bench.py --device cpu                  # smoke run: 96x96, batch 2, 2 timed steps
+    python benchmarks/bench.py --device cuda --json out.json --models ours_v3_r101_os8 tv_v3_r101
+
+A train step is forward + cross-entropy + backward + SGD step (momentum 0.9). Modes: ``fp32`` and
+``bf16_cl`` (bf16 autocast + channels-last). Peers: torchvision's ``deeplabv3_resnet101`` (output stride 8,
+as torchvision fixes it) and, when installed, segmentation_models_pytorch's ``DeepLabV3Plus(resnet101)``
+(output stride 16). Peak memory is CUDA's max allocated memory per train step (n/a on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from deeplab_lightning.models import create_model
+
+
+class _OutOnly(nn.Module):
+    """torchvision segmentation models return a dict; keep its ``"out"``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def _torchvision_v3() -> nn.Module:
+    from torchvision.models.segmentation import deeplabv3_resnet101
+
+    return _OutOnly(deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=False))
+
+
+def _smp_v3plus() -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    return smp.DeepLabV3Plus("resnet101", encoder_weights=None, classes=21)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "ours_v3_r101_os8": lambda: create_model("deeplabv3_resnet101", 21, output_stride=8),
+    "tv_v3_r101_os8": _torchvision_v3,
+    "ours_v3plus_r101_os16": lambda: create_model("deeplabv3plus_resnet101", 21, output_stride=16),
+    "smp_v3plus_r101_os16": _smp_v3plus,
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(build: Callable[[], nn.Module], mode: str, device: torch.device, size: int, batch: int, steps: int,
+            warmup: int) -> dict[str, float]:
+    """Train and eval throughput of one model in one mode."""
+    torch.manual_seed(0)
+    model = build().to(device)
+    channels_last = mode == "bf16_cl"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl")
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 21, (batch, size, size), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+    for i in range(warmup + steps):
+        if i == warmup:  # after cudnn's algorithm search, whose workspaces would inflate the peak
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+        with autocast:
+            loss = F.cross_entropy(model(x), y, ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    model.eval()
+    with torch.no_grad(), autocast:
+        for i in range(warmup + steps):
+            if i == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            model(x)
+    _sync(device)
+    eval_s = (time.perf_counter() - start) / steps
+    del model, opt
+    return {"train_img_s": batch / step_s, "step_ms": 1000 * step_s, "peak_gib": peak, "eval_img_s": batch / eval_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, help="square input side (default 512 on cuda, 96 on cpu)")
+    parser.add_argument("--batch", type=int, help="batch size (default 16 on cuda, 2 on cpu)")
+    parser.add_argument("--steps", type=int, help="timed steps (default 20 on cuda, 2 on cpu)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 5 on cuda, 1 on cpu)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16_cl"], choices=["fp32", "bf16_cl"])
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    size, batch = args.size or (512 if cuda else 96), args.batch or (16 if cuda else 2)
+    steps, warmup = args.steps or (20 if cuda else 2), args.warmup or (5 if cuda else 1)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    table = Table(title=f"{name}, {size}x{size}, batch {batch}, 21 classes, {steps} timed steps")
+    for column in ("model", "mode", "train img/s", "step ms", "peak GiB", "eval img/s"):
+        table.add_column(column, justify="left" if column in ("model", "mode") else "right")
+    results = []
+    for model_name in args.models:
+        for mode in args.modes:
+            try:
+                r = measure(MODELS[model_name], mode, device, size, batch, steps, warmup)
+            except ImportError as err:
+                table.add_row(model_name, mode, f"skipped: {err.name} not installed", "", "", "")
+                break
+            results.append({"model": model_name, "mode": mode, **r})
+            table.add_row(model_name, mode, f"{r['train_img_s']:.1f}", f"{r['step_ms']:.1f}", f"{r['peak_gib']:.2f}",
+                          f"{r['eval_img_s']:.1f}")
+            if cuda:
+                torch.cuda.empty_cache()
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "size": size, "batch": batch, "torch": torch.__version__,
+                       "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

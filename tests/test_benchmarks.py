@@ -1,0 +1,17 @@
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_benchmark_cpu_smoke_run_writes_the_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--device", "cpu", "--size", "64",
+           "--models", "ours_v3plus_r101_os16", "tv_v3_r101_os8", "--modes", "fp32", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "train img/s" in result.stdout
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["results"]] == ["ours_v3plus_r101_os16", "tv_v3_r101_os8"]
+    assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in data["results"])
