@@ -1,11 +1,16 @@
 """Lightning callbacks. They stay thin: the maths lives in plain functions that tests call directly."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
+
+from .inference import predict_multiscale
 
 
 def poly_lr_factor(step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0,
@@ -85,3 +90,33 @@ class IoUTable(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(pl_module, "test", "Test")
+
+
+class MultiScaleInference(L.Callback):
+    """Switches evaluation to multi-scale (+ flip, + sliding window) inference for the chosen stages.
+
+    Args:
+        scales: input scales (V3 section 4.3: 0.5 to 1.75 in steps of 0.25).
+        flip: also average the left-right flipped inputs.
+        window: sliding-window size for large images (None: whole images).
+        overlap: fraction by which neighbouring windows overlap.
+        stages: trainer stages it applies to: any of ``fit`` (validation during training), ``validate``,
+            ``test`` and ``predict``.
+    """
+
+    def __init__(self, scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
+                 window: int | None = None, overlap: float = 1 / 3,
+                 stages: Sequence[str] = ("validate", "test", "predict")) -> None:
+        unknown = set(stages) - {"fit", "validate", "test", "predict"}
+        if unknown:
+            raise ValueError(f"MultiScaleInference stages {sorted(unknown)} unknown; use fit, validate, test, predict")
+        self.scales, self.flip, self.window, self.overlap = tuple(scales), flip, window, overlap
+        self.stages = tuple(stages)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage in self.stages:
+            pl_module.eval_forward = partial(predict_multiscale, pl_module, scales=self.scales, flip=self.flip,
+                                             window=self.window, overlap=self.overlap)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.eval_forward = None

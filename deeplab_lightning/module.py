@@ -1,7 +1,7 @@
 """SegmentationModule: the LightningModule that trains and evaluates any DeepLab variant."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -95,6 +95,8 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.results: dict[str, dict[str, torch.Tensor]] = {}  # last computed metrics per stage, for reports
+        # Evaluation-time replacement of the forward: images -> probabilities (set by MultiScaleInference).
+        self.eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
@@ -109,8 +111,15 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Evaluation scores [N,C,H,W]: logits, or log-probabilities when ``eval_forward`` is set (both give
+        the same argmax and the same cross-entropy)."""
+        if self.eval_forward is None:
+            return self(images)
+        return self.eval_forward(images).clamp_min(1e-12).log()
+
     def predict_logits(self, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Logits of each image at its own size: [C, h_i, w_i] per image.
+        """Scores of each image at its own size: [C, h_i, w_i] per image.
 
         Images of different sizes padded into one batch run one by one, so padding never changes a
         prediction (image pooling would otherwise average over the padding) and the metric does not depend
@@ -119,8 +128,8 @@ class SegmentationModule(L.LightningModule):
         images = batch["image"]
         sizes = batch.get("size")
         if sizes is None or bool((sizes == sizes.new_tensor(images.shape[-2:])).all()):
-            return list(self(images))
-        return [self(img[None, :, :h, :w])[0] for img, (h, w) in zip(images, sizes.tolist())]
+            return list(self.scores(images))
+        return [self.scores(img[None, :, :h, :w])[0] for img, (h, w) in zip(images, sizes.tolist())]
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> None:
         logits = self.predict_logits(batch)

@@ -1,0 +1,77 @@
+"""Test-time inference as in DeepLab V3 section 4.3 / V3+ section 4.4: multi-scale inputs, left-right flips
+and (for images larger than a training crop) sliding windows. Pure functions over any ``model(images) ->
+logits``; the :class:`~deeplab_lightning.callbacks.MultiScaleInference` callback switches them on.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering [0, length): every ``stride``, plus one flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def sliding_window(model: Model, images: torch.Tensor, window: int | Sequence[int],
+                   overlap: float = 1 / 3) -> torch.Tensor:
+    """Logits [N,C,H,W] from ``window``-sized crops whose overlaps are averaged.
+
+    Windows step by ``window * (1 - overlap)``; the last one is flush with the border. An image no larger
+    than the window in both directions runs whole. Memory stays that of one window, whatever the image size
+    (Cityscapes' 1024x2048 frames with 769 or 513 windows).
+    """
+    wh, ww = (window, window) if isinstance(window, int) else tuple(window)
+    n, _, h, w = images.shape
+    if h <= wh and w <= ww:
+        return model(images)
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    sh, sw = max(1, int(wh * (1 - overlap))), max(1, int(ww * (1 - overlap)))
+    total, count = None, images.new_zeros(1, 1, h, w)
+    for top in _starts(h, wh, sh):
+        for left in _starts(w, ww, sw):
+            crop = images[:, :, top:top + wh, left:left + ww]
+            logits = model(crop)
+            if total is None:
+                total = logits.new_zeros(n, logits.shape[1], h, w)
+            total[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] += logits
+            count[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] += 1
+    return total / count
+
+
+def predict_multiscale(model: Model, images: torch.Tensor,
+                       scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True, *,
+                       window: int | Sequence[int] | None = None, overlap: float = 1 / 3) -> torch.Tensor:
+    """Softmax probabilities [N,C,H,W] averaged over ``scales`` (and their left-right flips) at the input size.
+
+    Each scaled batch is resized bilinearly; with ``flip`` the mirrored copy runs in the same forward batch
+    as the original (one forward per scale). With ``window`` each forward is a :func:`sliding_window`.
+    ``scales=(1.0,), flip=False`` equals ``softmax(model(images))``.
+    """
+    if not scales:
+        raise ValueError("scales must name at least one scale")
+    n, _, h, w = images.shape
+    forward = model if window is None else (lambda x: sliding_window(model, x, window, overlap))
+    total = None
+    for scale in scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        probs = forward(x).float().softmax(dim=1)
+        if flip:
+            probs = probs[:n] + probs[n:].flip(-1)
+        if probs.shape[-2:] != (h, w):
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        total = probs if total is None else total + probs
+    return total / (len(scales) * (2 if flip else 1))

@@ -1,0 +1,80 @@
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from deeplab_lightning.callbacks import MultiScaleInference
+from deeplab_lightning.inference import predict_multiscale, sliding_window
+from deeplab_lightning.models import create_model
+from deeplab_lightning.module import SegmentationModule
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("deeplabv3plus_resnet18", num_classes=4, aspp_channels=16, decoder_channels=16).eval()
+
+
+def test_single_scale_without_flip_is_a_plain_forward(model):
+    x = torch.randn(2, 3, 65, 71)
+    with torch.no_grad():
+        expected = model(x).softmax(1)
+        assert torch.allclose(predict_multiscale(model, x, scales=(1.0,), flip=False), expected, atol=1e-6)
+
+
+def test_flip_consistency(model):
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        a = predict_multiscale(model, x, scales=(1.0, 0.75), flip=True)
+        b = predict_multiscale(model, x.flip(-1), scales=(1.0, 0.75), flip=True)
+    assert torch.allclose(a, b.flip(-1), atol=1e-5)  # flip-averaged predictions are mirror-symmetric
+    assert torch.allclose(a.sum(1), torch.ones(1, 64, 80), atol=1e-5)
+
+
+def test_multiscale_runs_one_forward_per_scale_with_flip_in_the_batch(model):
+    calls = []
+
+    def counting(x):
+        calls.append(tuple(x.shape))
+        return model(x)
+
+    with torch.no_grad():
+        out = predict_multiscale(counting, torch.randn(2, 3, 64, 64), scales=(0.5, 1.0, 1.5), flip=True)
+    assert out.shape == (2, 4, 64, 64)
+    assert calls == [(4, 3, 32, 32), (4, 3, 64, 64), (4, 3, 96, 96)]
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+    x = torch.randn(2, 3, 70, 150)
+    with torch.no_grad():
+        whole = net(x)
+        windows = sliding_window(net, x, window=32, overlap=0.5)
+        shapes = []
+        sliding_window(lambda c: shapes.append(c.shape[-2:]) or net(c), x, window=(32, 48))
+    assert torch.allclose(windows, whole, atol=1e-6)
+    assert all(tuple(s) == (32, 48) for s in shapes)  # never larger than the window
+    assert len(shapes) == 3 * 5
+
+
+def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
+    from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
+
+    module = SegmentationModule("deeplabv3plus_resnet18", 6, class_names=TOY_CLASSES,
+                                model_kwargs={"aspp_channels": 16, "decoder_channels": 16})
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, num_workers=0)
+    calls = []
+    original = module.net.forward
+    module.net.forward = lambda x: calls.append(x.shape[0]) or original(x)
+    callback = MultiScaleInference(scales=(0.75, 1.0), flip=True, stages=["test"])
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    result = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert 0 <= result["test/mIoU"] <= 1
+    assert len(calls) == 2 * 6 and set(calls) == {2}  # 2 scales per image, original + flip in one batch
+    assert module.eval_forward is None  # restored after the stage
+    calls.clear()
+    trainer.validate(module, datamodule=dm, verbose=False)
+    assert len(calls) == 6  # validation was not switched
+    with pytest.raises(ValueError, match="stages"):
+        MultiScaleInference(stages=["training"])
