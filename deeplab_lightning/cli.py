@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
@@ -42,5 +43,9 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
 
 
 def console_main() -> None:
-    """The ``deeplab-lightning`` console script (returns nothing, so nothing is printed on exit)."""
+    """The ``deeplab-lightning`` console script: LightningCLI's subcommands, plus ``check-data``."""
+    if len(sys.argv) > 1 and sys.argv[1] == "check-data":
+        from .check_data import main as check_data_main
+
+        sys.exit(check_data_main(sys.argv[2:]))
     main()

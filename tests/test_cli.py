@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,23 @@ def test_console_entry_points_answer_help():
         assert out.returncode == 0, out.stderr
         for sub in ("fit", "validate", "test", "predict"):
             assert sub in out.stdout
+
+
+def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_settings):
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    script = Path(sys.executable).parent / "deeplab-lightning"
+    ok = subprocess.run([str(script), "check-data", "--config", str(config)], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "train (16 images)" in ok.stdout and "val (6 images)" in ok.stdout and "star" in ok.stdout
+    assert "0 problem(s) found" in ok.stdout
+
+    broken = tmp_path / "broken"
+    shutil.copytree(toy_dir, broken)
+    image = broken / "VOCdevkit/VOC2012/JPEGImages/toy_val_00002.jpg"
+    image.write_bytes(image.read_bytes()[:300])
+    config = write_config(tmp_path, broken, toy_settings)
+    bad = subprocess.run([str(script), "check-data", "--config", str(config), "--splits", "[val]"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert "toy_val_00002.jpg" in bad.stdout and "1 problem(s) found" in bad.stdout

@@ -87,3 +87,59 @@ def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
 def test_cityscapes_missing_folder_names_the_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="gtFine"):
         CityscapesDataModule(str(tmp_path), num_workers=0).samples("train")
+
+
+def test_cityscapes_mapping_of_every_label_id():
+    from deeplab_lightning.data.cityscapes import cityscapes_label_map
+
+    expected = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    table = cityscapes_label_map()
+    for label_id in range(34):
+        assert table[label_id] == expected.get(label_id, 255), label_id
+    assert (table[34:] == 255).all()
+
+
+def test_empty_split_list_is_reported(voc_sbd):
+    data_dir, _ = voc_sbd
+    (data_dir / "VOCdevkit/VOC2012/ImageSets/Segmentation/empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="empty.txt names no images"):
+        VOCDataModule(str(data_dir), num_workers=0).samples("empty")
+
+
+def test_augmentation_keeps_image_and_mask_aligned(tmp_path):
+    """Images whose grey level encodes the label: after scale, crop and flip, every pixel inside a label
+    region (away from edges, where bilinear resizing blends levels) must decode to its mask label."""
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"im{k}" for k in range(4)]
+    for sid in ids:
+        labels = np.zeros((60, 90), np.uint8)
+        for _ in range(4):
+            y, x = rng.integers(0, 45), rng.integers(0, 70)
+            labels[y:y + 15, x:x + 20] = rng.integers(1, 21)
+        _png(root / "SegmentationClass" / f"{sid}.png", labels)
+        # Lossless content under the .jpg name the VOC layout expects (PIL reads by content).
+        Image.fromarray(np.stack([labels * 12] * 3, -1)).save(root / "JPEGImages" / f"{sid}.jpg", format="PNG")
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids))
+    dm = VOCDataModule(str(tmp_path), train_split="train", crop_size=48, scale_range=(0.5, 2.0), num_workers=0)
+    ds = dm.dataset("train", train=True)
+    torch.manual_seed(0)
+    checked = 0
+    for _ in range(6):
+        for i in range(len(ds)):
+            sample = ds[i]
+            mask = sample["mask"]
+            # interior: the 5x5 neighbourhood, inside the crop, has one label (resizing blends levels near edges)
+            padded = torch.nn.functional.pad(mask[None, None].float(), (2, 2, 2, 2), value=-1.0)[0, 0]
+            interior = torch.ones_like(mask, dtype=torch.bool)
+            for dy in range(5):
+                for dx in range(5):
+                    interior &= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]] == mask
+            interior &= mask != 255
+            decoded = (sample["raw_image"][0].float() / 12).round().long()
+            assert torch.equal(decoded[interior], mask[interior])
+            checked += int(interior.sum())
+    assert checked > 10_000

@@ -1,0 +1,78 @@
+"""``deeplab-lightning check-data``: read every file of a dataset's splits and summarise it.
+
+    deeplab-lightning check-data --config experiments/quickstart.yaml [--splits train val]
+
+Uses the ``data`` section of an experiment config. Every image and label map is opened and checked as in
+training (readable, same size, labels in range); the summary lists each split's size and per-class pixel
+frequencies, then every problem found, with its file.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from .data.base import SegmentationDataModule
+from .data.dataset import IGNORE_INDEX, SegmentationDataset
+
+
+def class_pixel_counts(dataset: SegmentationDataset, description: str = "") -> tuple[torch.Tensor, int, list[str]]:
+    """Pixel count per class (and the ignored count) over a split, and the problems met (one per file)."""
+    counts = torch.zeros(dataset.num_classes, dtype=torch.long)
+    ignored, problems = 0, []
+    for i in track(range(len(dataset)), description=description, transient=True):
+        try:
+            mask = dataset[i]["mask"]
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+            continue
+        valid = mask != IGNORE_INDEX
+        ignored += int((~valid).sum())
+        counts += torch.bincount(mask[valid], minlength=dataset.num_classes)
+    return counts, ignored, problems
+
+
+def check_data(datamodule: SegmentationDataModule, splits: list[str], console: Console | None = None) -> bool:
+    """Print the summary table and the problems; return True when no problem was found."""
+    console = console or Console()
+    datamodule.prepare_data()
+    table = Table(title=f"{type(datamodule).__name__}: pixel share per class (%)")
+    table.add_column("class")
+    all_problems = []
+    columns = []
+    for split in splits:
+        dataset = datamodule.dataset(split)
+        counts, ignored, problems = class_pixel_counts(dataset, f"checking {split}")
+        all_problems += problems
+        total = max(int(counts.sum()), 1)
+        table.add_column(f"{split} ({len(dataset)} images)", justify="right")
+        columns.append([f"{100 * c / total:.2f}" for c in counts.tolist()] + [f"{ignored:,} px"])
+    for i, name in enumerate([*datamodule.class_names, "ignored (255)"]):
+        table.add_row(name, *[column[i] for column in columns])
+    console.print(table)
+    for problem in all_problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    console.print(f"{len(all_problems)} problem(s) found")
+    return not all_problems
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="deeplab-lightning check-data", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
+    parser.add_argument("--splits", type=list[str], default=["train", "val"])
+    for ignored in ("trainer", "model", "seed_everything", "ckpt_path"):  # other sections of a config
+        parser.add_argument(f"--{ignored}", type=object, default=None)
+    cfg = parser.instantiate_classes(parser.parse_args(args))
+    splits = cfg.splits
+    if cfg.data.train_split not in splits and splits == ["train", "val"]:
+        splits = [cfg.data.train_split, "val"]
+    return 0 if check_data(cfg.data, splits) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
