@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from .crf import dense_crf
 from .inference import predict_multiscale
 
 
@@ -89,6 +90,7 @@ class IoUTable(L.Callback):
             self._print(pl_module, "val", "Validation")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(pl_module, "test/unrefined", "Test, before refinement")
         self._print(pl_module, "test", "Test")
 
 
@@ -120,3 +122,26 @@ class MultiScaleInference(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.eval_forward = None
+
+
+class DenseCRFRefinement(L.Callback):
+    """Refines evaluation and prediction outputs with :func:`~deeplab_lightning.crf.dense_crf` and the
+    un-normalised image (DeepLab V1 section 3.2, V2 section 3.4). Metrics before refinement are logged under
+    ``<stage>/unrefined/``. Defaults: DeepLab V2's ResNet-101 VOC parameters.
+    """
+
+    def __init__(self, iterations: int = 10, bi_w: float = 4.0, bi_xy_std: float = 67.0, bi_rgb_std: float = 3.0,
+                 pos_w: float = 3.0, pos_xy_std: float = 1.0, stages: Sequence[str] = ("test", "predict")) -> None:
+        unknown = set(stages) - {"fit", "validate", "test", "predict"}
+        if unknown:
+            raise ValueError(f"DenseCRFRefinement stages {sorted(unknown)} unknown; use fit, validate, test, predict")
+        self.params = dict(iterations=iterations, bi_w=bi_w, bi_xy_std=bi_xy_std, bi_rgb_std=bi_rgb_std,
+                           pos_w=pos_w, pos_xy_std=pos_xy_std)
+        self.stages = tuple(stages)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage in self.stages:
+            pl_module.refine = partial(dense_crf, **self.params)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.refine = None

@@ -97,6 +97,11 @@ class SegmentationModule(L.LightningModule):
         self.results: dict[str, dict[str, torch.Tensor]] = {}  # last computed metrics per stage, for reports
         # Evaluation-time replacement of the forward: images -> probabilities (set by MultiScaleInference).
         self.eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # Evaluation-time refinement: (uint8 image [H,W,3], probs [C,H,W]) -> probs (set by DenseCRFRefinement);
+        # the metrics before refinement are then reported too, under <stage>/unrefined/.
+        self.refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.unrefined_metrics = nn.ModuleDict(
+            {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
@@ -131,9 +136,23 @@ class SegmentationModule(L.LightningModule):
             return list(self.scores(images))
         return [self.scores(img[None, :, :h, :w])[0] for img, (h, w) in zip(images, sizes.tolist())]
 
+    def _refined(self, scores: list[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Apply ``refine`` to each image's probabilities; returns log-probabilities."""
+        out = []
+        for i, lg in enumerate(scores):
+            h, w = lg.shape[-2:]
+            image = batch["raw_image"][i, :, :h, :w].permute(1, 2, 0).contiguous()
+            out.append(self.refine(image, lg.float().softmax(0)).clamp_min(1e-12).log())
+        return out
+
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> None:
         logits = self.predict_logits(batch)
         masks = batch["mask"]
+        if self.refine is not None:
+            for i, lg in enumerate(logits):
+                h, w = lg.shape[-2:]
+                self.unrefined_metrics[stage].update(lg.argmax(0)[None], masks[i, :h, :w][None])
+            logits = self._refined(logits, batch)
         loss = logits[0].new_zeros(())
         for i, lg in enumerate(logits):
             h, w = lg.shape[-2:]
@@ -149,8 +168,11 @@ class SegmentationModule(L.LightningModule):
         self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
-        """Predicted labels per image, [h_i, w_i] each."""
-        return [lg.argmax(0) for lg in self.predict_logits(batch)]
+        """Predicted labels per image, [h_i, w_i] each (refined when ``refine`` is set)."""
+        scores = self.predict_logits(batch)
+        if self.refine is not None:
+            scores = self._refined(scores, batch)
+        return [lg.argmax(0) for lg in scores]
 
     def _log_epoch(self, metrics: SegmentationMetrics, stage: str) -> None:
         results = metrics.compute()
@@ -163,9 +185,13 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(self.val_metrics, "val")
+        if self.refine is not None:
+            self._log_epoch(self.unrefined_metrics["val"], "val/unrefined")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_metrics, "test")
+        if self.refine is not None:
+            self._log_epoch(self.unrefined_metrics["test"], "test/unrefined")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -98,3 +98,15 @@ def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
     assert "toy_val_00002.jpg" in bad.stdout and "1 problem(s) found" in bad.stdout
+
+
+def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys):
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    main(["fit", "--config", str(config)])
+    eval_config = REPO / "experiments" / "quickstart_eval_ms_flip_crf.yaml"
+    cli = main(["test", "--config", str(config), "--config", str(eval_config),
+                "--trainer.enable_progress_bar", "true", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    metrics = cli.trainer.callback_metrics
+    assert 0 <= metrics["test/mIoU"] <= 1 and 0 <= metrics["test/unrefined/mIoU"] <= 1
+    out = capsys.readouterr().out
+    assert "Test, before refinement" in out and "mean IoU" in out
