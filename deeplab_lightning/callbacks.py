@@ -94,6 +94,12 @@ class IoUTable(L.Callback):
         self._print(pl_module, "test", "Test")
 
 
+def _check_stages(owner: str, stages: Sequence[str]) -> None:
+    unknown = set(stages) - {"fit", "validate", "test", "predict"}
+    if unknown:
+        raise ValueError(f"{owner} stages {sorted(unknown)} unknown; use fit, validate, test, predict")
+
+
 class MultiScaleInference(L.Callback):
     """Switches evaluation to multi-scale (+ flip, + sliding window) inference for the chosen stages.
 
@@ -109,9 +115,7 @@ class MultiScaleInference(L.Callback):
     def __init__(self, scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
                  window: int | None = None, overlap: float = 1 / 3,
                  stages: Sequence[str] = ("validate", "test", "predict")) -> None:
-        unknown = set(stages) - {"fit", "validate", "test", "predict"}
-        if unknown:
-            raise ValueError(f"MultiScaleInference stages {sorted(unknown)} unknown; use fit, validate, test, predict")
+        _check_stages("MultiScaleInference", stages)
         self.scales, self.flip, self.window, self.overlap = tuple(scales), flip, window, overlap
         self.stages = tuple(stages)
 
@@ -132,9 +136,7 @@ class DenseCRFRefinement(L.Callback):
 
     def __init__(self, iterations: int = 10, bi_w: float = 4.0, bi_xy_std: float = 67.0, bi_rgb_std: float = 3.0,
                  pos_w: float = 3.0, pos_xy_std: float = 1.0, stages: Sequence[str] = ("test", "predict")) -> None:
-        unknown = set(stages) - {"fit", "validate", "test", "predict"}
-        if unknown:
-            raise ValueError(f"DenseCRFRefinement stages {sorted(unknown)} unknown; use fit, validate, test, predict")
+        _check_stages("DenseCRFRefinement", stages)
         self.params = dict(iterations=iterations, bi_w=bi_w, bi_xy_std=bi_xy_std, bi_rgb_std=bi_rgb_std,
                            pos_w=pos_w, pos_xy_std=pos_xy_std)
         self.stages = tuple(stages)

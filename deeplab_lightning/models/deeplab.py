@@ -82,6 +82,14 @@ class DeepLabV2(DeepLab):
         return self.aspp(features[-1])
 
 
+def _aspp(backbone: Backbone, channels: int, atrous_rates: Sequence[int] | None, image_pooling: bool,
+          separable: bool, dropout: float) -> ASPP:
+    """The V3 ASPP on the backbone's output; rates default to the paper's for its output stride."""
+    rates = tuple(atrous_rates) if atrous_rates is not None else default_atrous_rates(backbone.output_stride)
+    return ASPP(backbone.feature_info[-1].channels, channels, rates, image_pooling=image_pooling,
+                separable=separable, dropout=dropout)
+
+
 class DeepLabV3(DeepLab):
     """DeepLab V3 with parallel ASPP (V3 section 3.3): backbone -> ASPP (concat + 1x1 projection) ->
     1x1 classifier, upsampled x ``output_stride``.
@@ -105,9 +113,7 @@ class DeepLabV3(DeepLab):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        rates = tuple(atrous_rates) if atrous_rates is not None else default_atrous_rates(backbone.output_stride)
-        self.aspp = ASPP(backbone.feature_info[-1].channels, aspp_channels, rates, image_pooling=image_pooling,
-                         separable=separable, dropout=aspp_dropout)
+        self.aspp = _aspp(backbone, aspp_channels, atrous_rates, image_pooling, separable, aspp_dropout)
         layers: list[nn.Module] = []
         if extra_conv:
             layers += [nn.Conv2d(aspp_channels, aspp_channels, 3, padding=1, bias=False),
@@ -139,9 +145,7 @@ class DeepLabV3Plus(DeepLab):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        rates = tuple(atrous_rates) if atrous_rates is not None else default_atrous_rates(backbone.output_stride)
-        self.aspp = ASPP(backbone.feature_info[-1].channels, aspp_channels, rates, image_pooling=image_pooling,
-                         separable=separable, dropout=aspp_dropout)
+        self.aspp = _aspp(backbone, aspp_channels, atrous_rates, image_pooling, separable, aspp_dropout)
         self.low_level_index = backbone.feature_index(stride=4)
         self.decoder = Decoder(aspp_channels, backbone.feature_info[self.low_level_index].channels, num_classes,
                                low_level_channels=low_level_channels, channels=decoder_channels,
