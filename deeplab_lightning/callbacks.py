@@ -3,14 +3,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from .crf import dense_crf
+from .data.classes import voc_palette
 from .inference import predict_multiscale
 
 
@@ -147,3 +152,38 @@ class DenseCRFRefinement(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.refine = None
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Side by side: the image [H,W,3] uint8 and the image blended with the coloured labels -> [H, 2W, 3]."""
+    colours = palette[labels]
+    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+    return np.concatenate([image, blended], axis=1)
+
+
+class SegmentationWriter(BasePredictionWriter):
+    """Writes each prediction of ``predict`` as ``<output_dir>/<id>.png`` (a palette PNG of class indices, in
+    the data module's palette) and ``<output_dir>/overlays/<id>.jpg`` (image | coloured overlay)."""
+
+    def __init__(self, output_dir: str = "predictions", overlays: bool = True, alpha: float = 0.5) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.overlays = overlays
+        self.alpha = alpha
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: list[torch.Tensor],
+                           batch_indices, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        colours = getattr(trainer.datamodule, "palette", None) or voc_palette()
+        palette = np.zeros((256, 3), np.uint8)
+        palette[: len(colours)] = np.asarray(colours[:256], np.uint8)
+        (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
+        for sample_id, labels, raw in zip(batch["id"], prediction, batch["raw_image"]):
+            labels = labels.cpu().numpy().astype(np.uint8)
+            png = Image.fromarray(labels, mode="L").convert("P")
+            png.putpalette(palette.reshape(-1).tolist())
+            png.save(self.output_dir / f"{sample_id}.png")
+            if self.overlays:
+                h, w = labels.shape
+                image = raw[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+                Image.fromarray(overlay(image, labels, palette, self.alpha)).save(
+                    self.output_dir / "overlays" / f"{sample_id}.jpg", quality=90)

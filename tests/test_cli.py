@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -110,3 +111,28 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     assert 0 <= metrics["test/mIoU"] <= 1 and 0 <= metrics["test/unrefined/mIoU"] <= 1
     out = capsys.readouterr().out
     assert "Test, before refinement" in out and "mean IoU" in out
+
+
+def test_predict_on_a_folder_writes_palette_pngs_and_overlays(tmp_path, toy_dir, toy_settings):
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    main(["fit", "--config", str(config)])
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("toy_val_00000.jpg", "toy_val_00001.jpg"):
+        shutil.copy(toy_dir / "VOCdevkit/VOC2012/JPEGImages" / name, images / name)
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred"
+    main(["predict", "--config", str(config),
+          "--data", "deeplab_lightning.data.ImageFolderDataModule", "--data.image_dir", str(images),
+          "--data.classes", "toy", "--data.num_workers", "0", "--data.val_batch_size", "2",
+          "--trainer.callbacks+=deeplab_lightning.callbacks.SegmentationWriter",
+          "--trainer.callbacks.output_dir", str(out), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    from PIL import Image
+
+    for stem in ("toy_val_00000", "toy_val_00001"):
+        source = Image.open(images / f"{stem}.jpg")
+        labels = Image.open(out / f"{stem}.png")
+        assert labels.mode == "P" and labels.size == source.size
+        assert set(np.unique(np.array(labels)).tolist()) <= set(range(6))
+        assert Image.open(out / "overlays" / f"{stem}.jpg").size == (2 * source.size[0], source.size[1])
+    assert not (out / "notes.png").exists()

@@ -19,11 +19,11 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a split: its id, image file and label file."""
+    """One image of a split: its id, image file and label file (None for unlabelled images to predict)."""
 
     id: str
     image: Path
-    mask: Path
+    mask: Path | None
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -73,7 +73,7 @@ def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None)
 class SegmentationDataset(Dataset):
     """Loads ``samples`` and returns dicts:
 
-    ``image`` float [3,H,W] (ImageNet-normalised), ``mask`` long [H,W], ``raw_image`` uint8 [3,H,W] (the
+    ``image`` float [3,H,W] (ImageNet-normalised), ``mask`` long [H,W] (all 255 without labels), ``raw_image`` uint8 [3,H,W] (the
     un-normalised image, for CRF and visualisation), ``id`` str and ``size`` long [2] (H, W after transforms).
     ``transform`` is a joint transforms.v2 callable over (tv_tensors.Image, tv_tensors.Mask).
     """
@@ -93,7 +93,10 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         image = read_image(sample.image)
-        mask = read_mask(sample.mask, self.num_classes, self.label_map)
+        if sample.mask is None:
+            mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
+        else:
+            mask = read_mask(sample.mask, self.num_classes, self.label_map)
         if image.shape[-2:] != mask.shape:
             raise ValueError(f"Image {sample.image} is {tuple(image.shape[-2:])} (H, W) but its label map "
                              f"{sample.mask} is {tuple(mask.shape)}")

@@ -45,7 +45,7 @@ def check_files(samples: list[Sample], list_file: Path) -> list[Sample]:
     """Fail at set-up, not deep in a worker, when a listed image or label file is missing."""
     for s in samples:
         for path in (s.image, s.mask):
-            if not path.is_file():
+            if path is not None and not path.is_file():
                 raise FileNotFoundError(f"{path} is listed in {list_file} (id {s.id!r}) but does not exist")
     return samples
 
