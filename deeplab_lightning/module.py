@@ -53,6 +53,8 @@ class SegmentationModule(L.LightningModule):
         optimizer: ``"sgd"`` (the papers') or ``"adamw"`` (not in the papers; converges faster from scratch,
             used by the CPU quickstart, which has no pretrained backbone).
         channels_last: run the network in channels-last memory format (faster convolutions, GPU and CPU).
+        bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
+            None keeps PyTorch's 0.1.
         ignore_index: label excluded from the loss and the metrics (255 in VOC and Cityscapes).
         class_names: names used for the per-class IoU logs (linked from the data module).
 
@@ -74,6 +76,7 @@ class SegmentationModule(L.LightningModule):
         head_lr_mult: float = 10.0,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         channels_last: bool = False,
+        bn_momentum: float | None = None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
     ) -> None:
@@ -86,6 +89,10 @@ class SegmentationModule(L.LightningModule):
                                     pretrained_backbone=pretrained_backbone, **(model_kwargs or {}))
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        if bn_momentum is not None:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         if class_names is not None and len(class_names) != num_classes:

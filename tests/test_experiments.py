@@ -1,0 +1,33 @@
+"""Every experiment YAML parses and trains one step on the toy data (real model, small inputs)."""
+import pytest
+import yaml
+
+from deeplab_lightning.cli import main
+
+from conftest import REPO
+
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if p.name != "quickstart_eval_ms_flip_crf.yaml")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_parses(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    raw = yaml.safe_load(path.read_text())
+    assert printed["model"]["arch"] == raw["model"]["arch"]
+    assert printed["trainer"]["max_steps"] == raw["trainer"]["max_steps"]
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem != "quickstart"], ids=lambda p: p.stem)
+def test_experiment_fast_dev_run_on_toy_data(path, toy_dir, toy_settings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ and checkpoints land here
+    toy = [f"--data.{k}={v}" for k, v in toy_settings.items() if k != "size_range"]
+    cli = main(["fit", "--config", str(path), "--trainer.fast_dev_run=1",
+                "--trainer.accelerator=cpu", "--trainer.devices=1", "--model.pretrained_backbone=false",
+                "--data=deeplab_lightning.data.ToyVOCDataModule", f"--data.data_dir={toy_dir}",
+                f"--data.size_range=[{toy_settings['size_range'][0]}, {toy_settings['size_range'][1]}]", *toy,
+                "--data.crop_size=65", "--data.batch_size=2", "--data.num_workers=0", "--data.train_split=train"])
+    assert cli.trainer.global_step == 1
+    assert "val/mIoU" in cli.trainer.callback_metrics
