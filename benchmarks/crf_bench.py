@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -66,7 +67,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["375x500x21", "1024x2048x19"], help="HxWxC cases")
     parser.add_argument("--json")
     args = parser.parse_args()
-    table = Table(title=f"Dense CRF, 10 iterations, median of {args.repeats} (torch threads: {torch.get_num_threads()})")
+    threads = torch.get_num_threads()
+    table = Table(title=f"Dense CRF, 10 iterations, median of {args.repeats} (torch threads: {threads})")
     for col in ("case", "implementation", "device", "s / image", "vs pydensecrf2", "label agreement"):
         table.add_column(col, justify="left" if col in ("case", "implementation", "device") else "right")
     rows = []
@@ -74,7 +76,7 @@ def main() -> None:
         h, w, c = (int(v) for v in case.split("x"))
         image, probs = make_case(h, w, c)
         try:
-            ref_s, reference = timed(lambda: pydensecrf_run(image, probs), args.repeats)
+            ref_s, reference = timed(partial(pydensecrf_run, image, probs), args.repeats)
             rows.append({"case": case, "impl": "pydensecrf2", "device": "cpu", "seconds": ref_s})
             table.add_row(case, "pydensecrf2", "cpu", f"{ref_s:.3f}", "1.00", "")
         except ImportError:
@@ -83,12 +85,13 @@ def main() -> None:
         for device in devices:
             img_t, probs_t = torch.from_numpy(image).to(device), probs.to(device)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            secs, out = timed(lambda: dense_crf(img_t, probs_t, **PARAMS), args.repeats, sync)
+            secs, out = timed(partial(dense_crf, img_t, probs_t, **PARAMS), args.repeats, sync)
             agree = None if reference is None else float((out.argmax(0).cpu().numpy() == reference.argmax(0)).mean())
             rows.append({"case": case, "impl": "deeplab_lightning", "device": device, "seconds": secs,
                          "agreement": agree})
-            table.add_row(case, "deeplab_lightning", device, f"{secs:.3f}",
-                          "" if ref_s is None else f"{secs / ref_s:.2f}", "" if agree is None else f"{100 * agree:.3f}%")
+            ratio = "" if ref_s is None else f"{secs / ref_s:.2f}"
+            table.add_row(case, "deeplab_lightning", device, f"{secs:.3f}", ratio,
+                          "" if agree is None else f"{100 * agree:.3f}%")
     Console().print(table)
     if args.json:
         with open(args.json, "w") as f:

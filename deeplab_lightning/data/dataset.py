@@ -73,8 +73,9 @@ def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None)
 class SegmentationDataset(Dataset):
     """Loads ``samples`` and returns dicts:
 
-    ``image`` float [3,H,W] (ImageNet-normalised), ``mask`` long [H,W] (all 255 without labels), ``raw_image`` uint8 [3,H,W] (the
-    un-normalised image, for CRF and visualisation), ``id`` str and ``size`` long [2] (H, W after transforms).
+    ``image`` float [3,H,W] (ImageNet-normalised), ``mask`` long [H,W] (all 255 without labels),
+    ``raw_image`` uint8 [3,H,W] (the un-normalised image, for CRF and visualisation), ``id`` str and
+    ``size`` long [2] (H, W after transforms).
     ``transform`` is a joint transforms.v2 callable over (tv_tensors.Image, tv_tensors.Mask).
     """
 

@@ -36,7 +36,8 @@ class ResNetBackbone(Backbone):
     Args:
         depth: 18, 34, 50 or 101.
         output_stride: 8, 16 or 32; stages past it are dilated instead of strided.
-        multi_grid: unit rates of the last stage, one per block of layer4 (2 for ResNet-18, 3 otherwise); ``None`` means all ones.
+        multi_grid: unit rates of the last stage, one per block of layer4 (2 for ResNet-18, 3 otherwise);
+            ``None`` means all ones.
         pretrained: load torchvision's ImageNet weights (needs the weights file or network access).
 
     Input [N, 3, H, W] -> list of 4 maps, [N, C_i, ceil(H / s_i), ceil(W / s_i)].
