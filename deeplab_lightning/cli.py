@@ -22,11 +22,20 @@ def default_wandb_mode() -> None:
 
 
 class DeepLabCLI(LightningCLI):
-    """Links the data module's ``num_classes`` and ``class_names`` into the model."""
+    """Links the data module's ``num_classes`` and ``class_names`` into the model.
+
+    With ``--ckpt_path`` the model is built from the config and command line, not from the checkpoint's saved
+    hyperparameters (LightningCLI's default would silently override them): evaluating a model trained at
+    output stride 16 at ``--model.output_stride 8`` is how the papers test. A checkpoint of another
+    architecture or number of classes is refused by ``SegmentationModule.on_load_checkpoint``.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        return None
 
 
 def main(args: list[str] | None = None) -> DeepLabCLI:

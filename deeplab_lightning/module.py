@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +56,8 @@ class SegmentationModule(L.LightningModule):
         channels_last: run the network in channels-last memory format (faster convolutions, GPU and CPU).
         bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
             None keeps PyTorch's 0.1.
+        nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop, naming the step and the batch's
+            sample ids), ``skip`` (warn and skip that optimizer step) or ``ignore`` (no check, no host sync).
         ignore_index: label excluded from the loss and the metrics (255 in VOC and Cityscapes).
         class_names: names used for the per-class IoU logs (linked from the data module).
 
@@ -77,6 +80,7 @@ class SegmentationModule(L.LightningModule):
         optimizer: Literal["sgd", "adamw"] = "sgd",
         channels_last: bool = False,
         bn_momentum: float | None = None,
+        nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
     ) -> None:
@@ -89,6 +93,8 @@ class SegmentationModule(L.LightningModule):
                                     pretrained_backbone=pretrained_backbone, **(model_kwargs or {}))
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        if nonfinite_loss not in ("raise", "skip", "ignore"):
+            raise ValueError(f"nonfinite_loss must be 'raise', 'skip' or 'ignore', got {nonfinite_loss!r}")
         if bn_momentum is not None:
             for m in self.net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -118,8 +124,15 @@ class SegmentationModule(L.LightningModule):
         loss = F.cross_entropy(logits, mask, ignore_index=self.hparams.ignore_index, reduction="sum")
         return loss / (mask != self.hparams.ignore_index).sum().clamp_min(1)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss = self.loss(self(batch["image"]), batch["mask"])
+        if self.hparams.nonfinite_loss != "ignore" and not bool(torch.isfinite(loss)):
+            where = f"step {self.global_step} (batch {batch_idx}, samples {batch.get('id', '?')})"
+            if self.hparams.nonfinite_loss == "raise":
+                raise FloatingPointError(f"Training loss is {loss.item()} at {where}; lower model.lr, check these "
+                                         f"samples, or set model.nonfinite_loss: skip")
+            rank_zero_warn(f"Skipping the optimizer step: training loss is {loss.item()} at {where}")
+            return None
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -199,6 +212,14 @@ class SegmentationModule(L.LightningModule):
         self._log_epoch(self.test_metrics, "test")
         if self.refine is not None:
             self._log_epoch(self.unrefined_metrics["test"], "test/unrefined")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture or number of classes, naming both."""
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("arch", "num_classes"):
+            if key in saved and key in self.hparams and saved[key] != self.hparams[key]:
+                raise ValueError(f"The checkpoint was trained with {key}={saved[key]!r} but the config builds "
+                                 f"{key}={self.hparams[key]!r}; use the checkpoint's {key} or another checkpoint")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
