@@ -20,6 +20,8 @@ class DeepLab(nn.Module):
     Subclasses set ``self.backbone`` (a :class:`Backbone`) and implement ``head(features) -> logits`` at the
     backbone's stride; this class upsamples them bilinearly to the input size (every DeepLab version does).
     Parameters under ``backbone`` form the backbone group of the optimizer, the rest the head group.
+    Deviation: bilinear resizing uses ``align_corners=False`` (PyTorch's convention; the TensorFlow reference
+    code resizes with ``align_corners=True``), which shifts the logits by under one input pixel.
     """
 
     backbone: Backbone
