@@ -15,3 +15,5 @@ def test_benchmark_cpu_smoke_run_writes_the_table_and_json(tmp_path):
     data = json.loads(out.read_text())
     assert [r["model"] for r in data["results"]] == ["ours_v3plus_r101_os16", "tv_v3_r101_os8"]
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in data["results"])
+    assert data["multiscale"]["fp32"]["ours_s"] > 0 and data["multiscale"]["fp32"]["naive_s"] > 0
+    assert "predict_multiscale" in result.stdout
