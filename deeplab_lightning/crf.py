@@ -37,7 +37,6 @@ class PermutohedralLattice:
 
     def __init__(self, features: torch.Tensor) -> None:
         n, d = features.shape
-        self.d = d
         dev, dtype = features.device, features.dtype
         # Elevate onto the hyperplane sum(x) = 0 in R^{d+1} (Adams et al. 2010, p. 5), scaled so that the
         # lattice blur approximates a unit-variance Gaussian.
@@ -69,7 +68,7 @@ class PermutohedralLattice:
         bary.scatter_add_(1, d - rank, v)
         bary.scatter_add_(1, d - rank + 1, -v)
         bary[:, 0] += 1.0 + bary[:, d + 1]
-        self.barycentric = bary[:, : d + 1]  # [N, d+1]
+        barycentric = bary[:, : d + 1]  # [N, d+1]
 
         # The d+1 vertices of each simplex: key = rem0 + canonical[remainder, rank] (first d coordinates).
         r = torch.arange(d + 1, device=dev)
@@ -85,7 +84,6 @@ class PermutohedralLattice:
         place = [math.prod(radix[k + 1:]) for k in range(d)]
         place_t = torch.tensor(place, device=dev, dtype=torch.long)
         codes, offsets = torch.unique(((flat - low) * place_t).sum(1), return_inverse=True)
-        self.offsets = offsets.view(n, d + 1)
         m = codes.numel()
         self.num_points = m
 
@@ -93,8 +91,8 @@ class PermutohedralLattice:
         # over its simplex's vertices with the barycentric weights; blur_j [M, M] = I + (shift_+ + shift_-)/2
         # along lattice direction j (a missing neighbour contributes nothing); slice [N, M] = alpha * splat^T
         # with alpha = 1 / (1 + 2^-d), the reference implementation's constant.
-        vertex_idx, order = self.offsets.sort(dim=1)  # CSR wants sorted columns within each row
-        weights = self.barycentric.gather(1, order)
+        vertex_idx, order = offsets.view(n, d + 1).sort(dim=1)  # CSR wants sorted columns within each row
+        weights = barycentric.gather(1, order)
         self.slice = self._csr(vertex_idx, weights / (1.0 + 2.0 ** (-d)), m)
         by_vertex = vertex_idx.reshape(-1).argsort(stable=True)
         counts = torch.bincount(vertex_idx.reshape(-1), minlength=m)

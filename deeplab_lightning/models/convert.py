@@ -49,10 +49,6 @@ def from_torchvision(tv_model: nn.Module) -> DeepLabV3:
         if isinstance(conv, nn.Conv2d):
             ref = source[name]
             conv.stride, conv.dilation, conv.padding = ref.stride, ref.dilation, ref.padding
-    model.backbone.block_dilations = {
-        stage: tuple(block.conv2.dilation[0] for block in getattr(model.backbone, stage))
-        for stage in ("layer1", "layer2", "layer3", "layer4")
-    }
     state = {_map_key(k): v for k, v in tv_model.state_dict().items() if not k.startswith("aux_classifier.")}
     model.load_state_dict(state, strict=True)
     return model

@@ -72,7 +72,6 @@ class ResNetBackbone(Backbone):
                 f"{n_last} blocks; give one unit rate per block"
             )
         self.multi_grid = multi_grid
-        self.block_dilations: dict[str, tuple[int, ...]] = {}
         for name, stride in zip(_STAGES, _STAGE_STRIDES):
             rate = max(stride // output_stride, 1)
             stage = getattr(self, name)
@@ -83,7 +82,6 @@ class ResNetBackbone(Backbone):
             for block, d in zip(stage, dilations):
                 for conv in _three_by_three_convs(block):
                     conv.dilation, conv.padding = (d, d), (d, d)
-            self.block_dilations[name] = dilations
 
         expansion = 4 if depth >= 50 else 1
         self.feature_info = [
