@@ -5,10 +5,16 @@ import os
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+import json
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .data.base import SegmentationDataModule
 from .module import SegmentationModule
+from .run_info import run_info
 
 
 def default_wandb_mode() -> None:
@@ -19,6 +25,27 @@ def default_wandb_mode() -> None:
     if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
         return
     os.environ["WANDB_MODE"] = "offline"
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Besides LightningCLI's ``config.yaml`` in the log folder, writes ``run_info.json`` (git commit, package
+    versions, command line) there, and sends the resolved config and the run info to the logger (the wandb
+    run's config), so every run can be traced and compared by any setting."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        info = run_info()
+        if trainer.log_dir is not None:
+            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(trainer.log_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
+        if trainer.logger is not None:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            config.pop("config", None)
+            trainer.logger.log_hyperparams({"config": config, "run_info": info})
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "plugins": [{"class_path": "deeplab_lightning.checkpoint_io.AtomicCheckpointIO"}],
+}
 
 
 class DeepLabCLI(LightningCLI):
@@ -46,7 +73,10 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
         SegmentationDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults=TRAINER_DEFAULTS,
+        parser_kwargs={"allow_abbrev": False},  # a misspelt key is an error, never a prefix match
         args=args,
     )
 

@@ -1,6 +1,7 @@
 """SegmentationModule: the LightningModule that trains and evaluates any DeepLab variant."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -10,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.sampling import derive_seed
 from .metrics import SegmentationMetrics
 from .models import create_model
+from .run_info import run_info
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
@@ -58,8 +61,14 @@ class SegmentationModule(L.LightningModule):
             None keeps PyTorch's 0.1.
         nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop, naming the step and the batch's
             sample ids), ``skip`` (warn and skip that optimizer step) or ``ignore`` (no check, no host sync).
+        sync_batchnorm: synchronise BatchNorm statistics across processes. None (default): on when training
+            on more than one GPU, off otherwise (PyTorch's SyncBatchNorm runs on GPUs only). The papers compute
+            BN statistics over the whole batch (V3 section 4.1); under DDP only SyncBN does that.
         ignore_index: label excluded from the loss and the metrics (255 in VOC and Cityscapes).
         class_names: names used for the per-class IoU logs (linked from the data module).
+
+    With ``seed_everything`` the global random state is re-seeded from (seed, rank, step) before every
+    training step, so dropout draws the same masks in a run resumed from a checkpoint.
 
     Batches are dicts with ``"image"`` float [N,3,H,W] and ``"mask"`` long [N,H,W]; evaluation batches may
     hold padded images of different sizes, described by ``"size"`` long [N,2] (each image's own H, W).
@@ -81,6 +90,7 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
         bn_momentum: float | None = None,
         nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
+        sync_batchnorm: bool | None = None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
     ) -> None:
@@ -115,6 +125,25 @@ class SegmentationModule(L.LightningModule):
         self.refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self.unrefined_metrics = nn.ModuleDict(
             {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")})
+
+    def setup(self, stage: str) -> None:
+        world_size = self.trainer.world_size
+        use = self.hparams.sync_batchnorm
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        if use is None:
+            use = world_size > 1 and on_gpu
+        if stage != "fit" or not use or world_size == 1:
+            return
+        if not on_gpu:
+            raise ValueError("model.sync_batchnorm: true needs GPUs (PyTorch's SyncBatchNorm does not run on "
+                             "CPU); leave it unset (auto) or false")
+        if not any(isinstance(m, nn.SyncBatchNorm) for m in self.net.modules()):
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            torch.manual_seed(derive_seed(int(seed), self.global_rank, self.global_step))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
@@ -212,6 +241,9 @@ class SegmentationModule(L.LightningModule):
         self._log_epoch(self.test_metrics, "test")
         if self.refine is not None:
             self._log_epoch(self.unrefined_metrics["test"], "test/unrefined")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["run_info"] = run_info()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or number of classes, naming both."""

@@ -129,3 +129,38 @@ def test_random_scale_resizes_masks_with_nearest_neighbour():
     assert out_image.shape == (3, 32, 32) and out_mask.shape == (32, 32)
     with pytest.raises(ValueError, match="scale_range"):
         RandomScale((2.0, 0.5))
+
+
+def test_samplers_shard_without_repeats_and_depend_only_on_seed_and_epoch():
+    from deeplab_lightning.data.sampling import EvalSampler, TrainSampler, per_process_batch
+
+    shards = [list(EvalSampler(7, num_replicas=2, rank=r)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(7)) and len(EvalSampler(7, 2, 1)) == 3  # no padding
+
+    train = [TrainSampler(10, num_replicas=2, rank=r, seed=5) for r in range(2)]
+    for s in train:
+        s.set_epoch(3)
+    items = [list(s) for s in train]
+    indices = [i for shard in items for i, _ in shard]
+    assert len(indices) == len(set(indices)) == 10 and len(train[0]) == 5
+    again = TrainSampler(10, num_replicas=2, rank=0, seed=5)
+    again.set_epoch(3)
+    assert list(again) == items[0]  # a function of (seed, epoch) only
+    again.set_epoch(4)
+    assert list(again) != items[0]
+    again.set_epoch(3)
+    again.skip_batches(2, batch_size=2)
+    assert list(again) == items[0][4:] and list(again) == items[0]  # the skip applies to one pass only
+    assert per_process_batch(16, 4) == 4
+    with pytest.raises(ValueError, match="batch_size=10.*3"):
+        per_process_batch(10, 3)
+
+
+def test_seeded_augmentation_does_not_depend_on_what_ran_before(toy_dir, toy_settings):
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, num_workers=0)
+    dataset = dm.dataset("train", train=True)
+    first = dataset[(3, 1234)]
+    torch.rand(100)  # consume the global random state
+    second = dataset[(3, 1234)]
+    assert torch.equal(first["image"], second["image"]) and torch.equal(first["mask"], second["mask"])
+    assert not torch.equal(first["image"], dataset[(3, 99)]["image"])

@@ -87,3 +87,95 @@ def test_evaluate_at_output_stride_8_a_model_trained_at_16(tmp_path, toy_dir, to
                 "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
     assert cli.model.net.output_stride == 8 and cli.model.net.aspp.atrous_rates == (12, 24, 36)
     assert 0 <= cli.trainer.callback_metrics["test/mIoU"] <= 1
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from deeplab_lightning.checkpoint_io import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+
+    def crash_midway(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is stopped while writing
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left
+
+
+def test_command_line_runs_use_atomic_checkpoints_and_save_run_info(tmp_path, toy_dir, toy_settings):
+    import json
+
+    from deeplab_lightning.checkpoint_io import AtomicCheckpointIO
+
+    cli = main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings))])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["packages"]["lightning"] == L.__version__ and info["packages"]["torch"]
+    assert len(info["git_commit"] or "") in (0, 40) and info["command"]
+    assert (tmp_path / "config.yaml").is_file()  # the resolved config, beside it
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["run_info"]["packages"] == info["packages"]
+
+
+@pytest.mark.parametrize("override, key", [(["--model.output_strid", "8"], "output_strid"),
+                                           (["--trainer.max_step", "3"], "max_step"),
+                                           (["--model.optimizer", "adam"], "optimizer")])
+def test_unknown_config_keys_and_values_are_named(tmp_path, toy_dir, toy_settings, capsys, override, key):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings)), *override])
+    assert exit_info.value.code != 0
+    assert key in capsys.readouterr().err
+
+
+def test_unknown_key_inside_a_config_file_is_named(tmp_path, toy_dir, toy_settings, capsys):
+    import yaml
+
+    path = write_config(tmp_path, toy_dir, toy_settings)
+    config = yaml.safe_load(path.read_text())
+    config["model"]["atrous_ratez"] = [6, 12, 18]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(path)])
+    assert "atrous_ratez" in capsys.readouterr().err
+
+
+def test_sixteen_bit_and_rgba_images_are_read_as_8_bit_rgb(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from deeplab_lightning.data.dataset import read_image
+
+    gray16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    image = read_image(tmp_path / "g16.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 3, 4)
+    assert torch.equal(image[0], torch.from_numpy((gray16 >> 8).astype(np.uint8)))  # not clipped to white
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 10
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    assert read_image(tmp_path / "a.png")[:, 0, 0].tolist() == [200, 0, 0]
+
+
+def test_full_cityscapes_frame_is_evaluated_window_by_window_on_cpu():
+    from torch.utils.data import DataLoader
+
+    from deeplab_lightning.callbacks import MultiScaleInference
+    from deeplab_lightning.data.dataset import pad_collate
+
+    sizes = []
+    module = SegmentationModule("deeplabv3plus_resnet18", 3, model_kwargs={"aspp_channels": 8,
+                                                                            "decoder_channels": 8})
+    module.net.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    frame = {"image": torch.randn(3, 1024, 2048), "mask": torch.randint(0, 3, (1024, 2048)),
+             "raw_image": torch.zeros(3, 1024, 2048, dtype=torch.uint8), "id": "frame",
+             "size": torch.tensor([1024, 2048])}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[MultiScaleInference(scales=[1.0], flip=False, window=512, stages=["validate"])])
+    trainer.validate(module, DataLoader([frame], batch_size=1, collate_fn=pad_collate))
+    assert max(sizes) == (512, 512) and len(sizes) == 3 * 6  # 1/3 overlap: 3 x 6 windows, none larger
+    assert 0 <= trainer.callback_metrics["val/mIoU"] <= 1

@@ -1,6 +1,8 @@
 """Shared LightningDataModule logic: splits -> datasets -> loaders."""
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -9,7 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import Sample, SegmentationDataset, pad_collate
+from .sampling import EvalSampler, TrainSampler, per_process_batch
 from .transforms import train_transform
+
+# Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
+# sampler here continues exactly from the restored loop progress instead (see TrainSampler).
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -18,11 +25,16 @@ class SegmentationDataModule(L.LightningDataModule):
     Training crops are random-scaled, padded (mask with 255), cropped and flipped; validation and test use
     full images at their original resolution (no crop, no resize of the labels).
 
+    Under DDP each process reads its own shard: training by :class:`TrainSampler` (order and augmentation
+    a function of seed, epoch and position, so a run resumed mid-epoch continues with the very batches it
+    would have seen), evaluation by :class:`EvalSampler` (no sample repeated, so metrics stay exact).
+
     Args:
         train_split, val_split, test_split: split names understood by ``samples``.
         crop_size: training crop, an int or (H, W).
         scale_range: random scale range of training images.
-        batch_size: training batch per process.
+        batch_size: the **global** training batch (the papers' number); each of the N processes loads
+            ``batch_size / N``.
         val_batch_size: evaluation batch per process (images of different sizes are padded; the metric
             does not depend on it).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
@@ -67,11 +79,35 @@ class SegmentationDataModule(L.LightningDataModule):
         transform = train_transform(self.crop_size, self.scale_range) if train else None
         return SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map)
 
+    def _process_group(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _train_sampler(self, dataset: SegmentationDataset, batch_size: int) -> TrainSampler:
+        world_size, rank = self._process_group()
+        sampler = TrainSampler(len(dataset), world_size, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        trainer = self.trainer
+        if trainer is not None:
+            # Lightning creates the first iterator before it calls set_epoch, and a resumed run starts
+            # mid-epoch: take both from the (restored) loop state, and skip the batches already trained on.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            per_epoch = len(sampler) // batch_size
+            sampler.skip_batches(done if done < per_epoch else 0, batch_size)
+        return sampler
+
     def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split, train=train)
+        world_size, rank = self._process_group()
+        if train:
+            batch_size = per_process_batch(self.batch_size, world_size)
+            sampler = self._train_sampler(dataset, batch_size)
+        else:
+            batch_size, sampler = self.val_batch_size, EvalSampler(len(dataset), world_size, rank)
         return DataLoader(
-            self.dataset(split, train=train),
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

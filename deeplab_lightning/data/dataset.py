@@ -26,15 +26,26 @@ class Sample:
     mask: Path | None
 
 
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3]. 16-bit grayscale keeps its 8 high bits (PIL's ``convert`` would clip every value
+    above 255 to white); palette, grayscale and RGBA images are converted (RGBA drops alpha)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.array(img, dtype=np.int64)
+        if gray.min() < 0 or gray.max() > 65535:
+            raise ValueError(f"32-bit image values {gray.min()}..{gray.max()} do not fit 16 bits")
+        return np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    return np.array(img.convert("RGB"))
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """RGB uint8 [3, H, W]. Grayscale and RGBA images are converted to RGB."""
+    """RGB uint8 [3, H, W]. Grayscale, palette, RGBA and 16-bit images are converted to 8-bit RGB."""
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img)
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
-    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def _read_label_array(path: Path) -> np.ndarray:
@@ -77,6 +88,9 @@ class SegmentationDataset(Dataset):
     ``raw_image`` uint8 [3,H,W] (the un-normalised image, for CRF and visualisation), ``id`` str and
     ``size`` long [2] (H, W after transforms).
     ``transform`` is a joint transforms.v2 callable over (tv_tensors.Image, tv_tensors.Mask).
+    An item may be fetched as ``dataset[(index, seed)]`` (what :class:`TrainSampler` yields): the random
+    transforms then draw from a generator seeded with ``seed``, so augmentation does not depend on the
+    worker, the number of workers or what ran before.
     """
 
     def __init__(self, samples: Sequence[Sample], num_classes: int, transform: Callable | None = None,
@@ -91,7 +105,8 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         image = read_image(sample.image)
         if sample.mask is None:
@@ -102,7 +117,11 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"Image {sample.image} is {tuple(image.shape[-2:])} (H, W) but its label map "
                              f"{sample.mask} is {tuple(mask.shape)}")
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
-        if self.transform is not None:
+        if self.transform is not None and seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image, mask = self.transform(image, mask)
+        elif self.transform is not None:
             image, mask = self.transform(image, mask)
         raw = image.as_subclass(torch.Tensor)
         return {
