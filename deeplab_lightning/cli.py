@@ -32,11 +32,15 @@ class SaveRunConfig(SaveConfigCallback):
     versions, command line) there, and sends the resolved config and the run info to the logger (the wandb
     run's config), so every run can be traced and compared by any setting."""
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.log_dir = trainer.log_dir  # a collective under DDP: every process must ask, not only rank 0
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         info = run_info()
-        if trainer.log_dir is not None:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.log_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
+        if self.log_dir is not None:
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.log_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
         if trainer.logger is not None:
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             config.pop("config", None)
