@@ -17,6 +17,7 @@ from rich.table import Table
 from .crf import dense_crf
 from .data.classes import voc_palette
 from .inference import predict_multiscale
+from .wandb_report import WandbReport  # noqa: F401  (so configs can name deeplab_lightning.callbacks.WandbReport)
 
 
 def poly_lr_factor(step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0,

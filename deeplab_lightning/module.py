@@ -194,7 +194,8 @@ class SegmentationModule(L.LightningModule):
             out.append(self.refine(image, lg.float().softmax(0)).clamp_min(1e-12).log())
         return out
 
-    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> None:
+    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> list[torch.Tensor]:
+        """Updates the metrics; returns the predicted labels [h_i, w_i] of each image (for callbacks)."""
         logits = self.predict_logits(batch)
         masks = batch["mask"]
         if self.refine is not None:
@@ -203,18 +204,21 @@ class SegmentationModule(L.LightningModule):
                 self.unrefined_metrics[stage].update(lg.argmax(0)[None], masks[i, :h, :w][None])
             logits = self._refined(logits, batch)
         loss = logits[0].new_zeros(())
+        preds = []
         for i, lg in enumerate(logits):
             h, w = lg.shape[-2:]
             target = masks[i, :h, :w]
-            metrics.update(lg.argmax(0)[None], target[None])
+            preds.append(lg.argmax(0))
+            metrics.update(preds[-1][None], target[None])
             loss = loss + self.loss(lg[None], target[None])
         self.log(f"{stage}/loss", loss / len(logits), batch_size=len(logits), sync_dist=True)
+        return preds
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
+        return self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
+        return self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
         """Predicted labels per image, [h_i, w_i] each (refined when ``refine`` is set)."""

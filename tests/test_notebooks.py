@@ -11,7 +11,8 @@ def test_explore_notebook_executes_and_shows_figures(tmp_path, monkeypatch):
     # Run from a copy's folder so that no quickstart checkpoint is picked up: the notebook trains itself.
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, [(e.ename, e.evalue) for e in errors]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the toy samples and the predictions
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")

@@ -1,0 +1,89 @@
+"""Segmentation media for Weights & Biases: per-class IoU, confusion matrix, predicted masks."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from .plots import confusion_matrix_figure
+
+
+class WandbReport(L.Callback):
+    """After each validation and test, sends to the wandb run (no-op without a ``WandbLogger``):
+
+    - ``<stage>/iou_table``: a table of per-class IoU (and a bar chart of it);
+    - ``<stage>/confusion_matrix``: the row-normalised heatmap, and ``<stage>/confusion_counts`` the counts;
+    - ``<stage>/predictions``: the first ``num_images`` images of the split with the predicted and the
+      ground-truth masks as interactive overlays (the same images each time, to watch training progress).
+
+    Scalars (loss, learning rate, mIoU, per-class IoU curves) are logged by the module and
+    ``LearningRateMonitor``; the resolved config and run info by the command line.
+    """
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+        self.samples: list[tuple[Any, ...]] = []
+
+    @staticmethod
+    def _logger(trainer: L.Trainer) -> WandbLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+    def _collect(self, trainer: L.Trainer, outputs: Any, batch: dict[str, Any]) -> None:
+        if not trainer.is_global_zero or self._logger(trainer) is None or not isinstance(outputs, list):
+            return
+        for i, pred in enumerate(outputs):
+            if len(self.samples) >= self.num_images:
+                return
+            h, w = pred.shape
+            image = batch["raw_image"][i, :, :h, :w].permute(1, 2, 0).cpu().numpy()
+            self.samples.append((batch["id"][i], image, pred.cpu().numpy(), batch["mask"][i, :h, :w].cpu().numpy()))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, outputs, batch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._send(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._send(trainer, pl_module, "test")
+
+    def _send(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logger = self._logger(trainer)
+        results = getattr(pl_module, "results", {}).get(stage)
+        if logger is None or results is None or not trainer.is_global_zero:
+            return
+        import wandb
+
+        names = list(pl_module.class_names)
+        labels = dict(enumerate(names)) | {255: "ignore"}
+        iou = wandb.Table(columns=["class", "IoU"], data=[[n, float(v)] for n, v in zip(names, results["iou"])])
+        confmat = results["confmat"]
+        figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {trainer.global_step})")
+        counts = wandb.Table(columns=["truth", *names],
+                             data=[[n, *row] for n, row in zip(names, confmat.tolist())])
+        media = {
+            f"{stage}/iou_table": iou,
+            f"{stage}/iou_bars": wandb.plot.bar(iou, "class", "IoU", title=f"{stage} per-class IoU"),
+            f"{stage}/confusion_matrix": wandb.Image(figure),
+            f"{stage}/confusion_counts": counts,
+            f"{stage}/predictions": [
+                wandb.Image(image, caption=sample_id, masks={
+                    "prediction": {"mask_data": pred, "class_labels": labels},
+                    "ground_truth": {"mask_data": mask, "class_labels": labels}})
+                for sample_id, image, pred, mask in self.samples],
+        }
+        logger.experiment.log(media | {"trainer/global_step": trainer.global_step})
+        self.samples = []
+
+
+__all__ = ["WandbReport"]

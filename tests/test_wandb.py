@@ -1,0 +1,43 @@
+"""An offline wandb run holds the config, the curves, the IoU table, the confusion matrix and the overlays."""
+import json
+
+import yaml
+
+from deeplab_lightning.cli import main
+
+from test_cli import write_config
+
+
+def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_settings, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = write_config(tmp_path, toy_dir, toy_settings, max_steps=2)
+    config = yaml.safe_load(path.read_text())
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {
+        "project": "deeplab-lightning-test", "name": "toy_v3plus_r18", "group": "toy", "tags": ["v3plus", "os16"],
+        "save_dir": str(tmp_path)}}
+    config["trainer"]["log_every_n_steps"] = 1
+    config["trainer"]["callbacks"] += [
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+        {"class_path": "deeplab_lightning.callbacks.WandbReport", "init_args": {"num_images": 2}}]
+    path.write_text(yaml.safe_dump(config))
+    cli = main(["fit", "--config", str(path)])
+    run = cli.trainer.logger.experiment
+    assert run.name == "toy_v3plus_r18" and run.group == "toy" and list(run.tags) == ["v3plus", "os16"]
+    run.finish()
+
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    files = run_dir / "files"
+    tables = {p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in (files / "media" / "table").rglob("*.json")}
+    assert {"iou_table", "confusion_counts"} <= tables, tables
+    iou = json.loads(next((files / "media" / "table").rglob("iou_table_*.json")).read_text())
+    assert iou["columns"] == ["class", "IoU"] and [row[0] for row in iou["data"]][:2] == ["background", "disk"]
+    images = [p.name for p in (files / "media" / "images" / "val").glob("*.png")]
+    assert any(name.startswith("confusion_matrix") for name in images)
+    assert sum(name.startswith("predictions") for name in images) == 2
+    masks = list((files / "media" / "images" / "mask").rglob("*.png"))
+    assert len(masks) == 4  # prediction and ground truth overlays of both images
+    records = (next(run_dir.glob("*.wandb"))).read_bytes()  # config and history records, synced later
+    for key in (b"train/loss", b"val/mIoU", b"val/iou/disk", b"lr-SGD", b"git_commit", b"deeplabv3plus_resnet18",
+                b'"max_steps":2'):
+        assert key in records, key
