@@ -1,6 +1,7 @@
 """Lightning callbacks. They stay thin: the maths lives in plain functions that tests call directly."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -77,6 +78,56 @@ def iou_table(class_names: list[str], results: dict[str, torch.Tensor], title: s
     for name, iou in zip(class_names, results["iou"].tolist()):
         table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.2f}")
     return table
+
+
+class Throughput(L.Callback):
+    """Measures training images per second over all processes, after ``warmup_steps`` and without the time
+    spent in validation; logs ``train/img_per_s`` at each validation and at the end, and keeps ``img_per_s``.
+
+    The clock is read (and the GPU synchronised) only at the window's ends and around validations, never
+    inside a training step.
+    """
+
+    def __init__(self, warmup_steps: int = 5) -> None:
+        self.warmup_steps = warmup_steps
+        self.img_per_s: float | None = None
+        self._images, self._seconds, self._since = 0, 0.0, None
+
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup_steps and self._since is None and self._images == 0:
+            self._since = self._now(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._since is not None:
+            self._images += batch["image"].shape[0] * trainer.world_size
+
+    def _pause(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._since is None:
+            return
+        self._seconds += self._now(pl_module) - self._since
+        self._since = None
+        if self._seconds > 0:
+            self.img_per_s = self._images / self._seconds
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({"train/img_per_s": self.img_per_s}, step=trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._pause(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and self._images > 0:
+            self._since = self._now(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._pause(trainer, pl_module)
 
 
 class IoUTable(L.Callback):

@@ -86,9 +86,15 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
 
 
 def console_main() -> None:
-    """The ``deeplab-lightning`` console script: LightningCLI's subcommands, plus ``check-data``."""
+    """The ``deeplab-lightning`` console script: LightningCLI's subcommands, plus ``check-data`` and
+    ``ablate``."""
     if len(sys.argv) > 1 and sys.argv[1] == "check-data":
         from .check_data import main as check_data_main
 
         sys.exit(check_data_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "ablate":
+        from .ablate import main as ablate_main
+
+        default_wandb_mode()
+        sys.exit(ablate_main(sys.argv[2:]))
     main()

@@ -32,3 +32,30 @@ def confusion_matrix_figure(confmat: torch.Tensor | np.ndarray, class_names: Seq
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -> Figure:
+    """Three panels over the runs of an ablation: mIoU (one bar per evaluation variant present in ``rows``),
+    training images/s and parameters (M). ``metrics`` maps row keys to legend labels."""
+    names = [row["run"] for row in rows]
+    present = [k for k in metrics if any(row.get(k) is not None for row in rows)]
+    y = np.arange(len(rows))
+    fig = Figure(figsize=(13, 1.4 + 0.5 * len(rows)))
+    axes = fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [2, 1, 1]})
+    height = 0.8 / max(len(present), 1)
+    for i, key in enumerate(present):
+        values = [100 * row[key] if row.get(key) is not None else np.nan for row in rows]
+        bars = axes[0].barh(y + (i - (len(present) - 1) / 2) * height, values, height, label=metrics[key])
+        axes[0].bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    axes[0].set_xlabel("val mIoU (%)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    for ax, key, label in ((axes[1], "train_img_s", "train images / s"), (axes[2], "params_M", "parameters (M)")):
+        values = [row.get(key) if row.get(key) is not None else np.nan for row in rows]
+        bars = ax.barh(y, values, 0.6, color="tab:gray")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_xlabel(label)
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

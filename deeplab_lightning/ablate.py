@@ -1,0 +1,315 @@
+"""``deeplab-lightning ablate FILE``: train a grid of config overrides one run after another, evaluate each
+trained model with and without multi-scale + flip and dense CRF, and compare the runs in one report (a rich
+table, ``report.csv``, ``report.md``, ``report.png`` and ``report.json``) that needs no wandb account.
+
+An ablation file (YAML; paths relative to it)::
+
+    name: toy_decoder_os             # wandb group and tag of every run; default: the file name
+    base: ../quickstart.yaml          # the experiment every run starts from
+    output_dir: runs/ablations/toy    # default: runs/ablations/<name>
+    set:                              # overrides applied to every run (dotted config keys)
+      trainer.max_steps: 700
+    grid:                             # the cartesian product of these values, one run each
+      model.arch: [deeplabv3_resnet18, deeplabv3plus_resnet18]
+      model.output_stride: [8, 16]
+      model.model_kwargs.image_pooling: [true, false]
+    evaluate:                         # extra evaluations of each trained model (omit or null: skip)
+      ms_flip: {scales: [0.75, 1.0, 1.25], flip: true}   # MultiScaleInference arguments
+      crf: {bi_xy_std: 20, bi_rgb_std: 10}               # DenseCRFRefinement arguments
+
+A dotted key that reaches a ``class_path`` entry continues in its ``init_args`` (``data.batch_size`` means
+``data.init_args.batch_size``). A finished run (its ``result.json`` beside an unchanged ``run.yaml``) is
+not trained again: rerun the command after an interruption and it continues; ``--force`` retrains all.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import gc
+import io
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .callbacks import DenseCRFRefinement, MultiScaleInference, Throughput
+from .plots import ablation_figure
+
+METRICS = {"mIoU": "mIoU", "mIoU_ms_flip": "+MS/flip", "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
+ABLATION_KEYS = {"name", "base", "output_dir", "set", "grid", "evaluate"}
+
+
+@dataclass
+class Ablation:
+    """A parsed ablation file."""
+
+    name: str
+    base: Path
+    output_dir: Path
+    set: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    ms_flip: dict[str, Any] | None = None
+    crf: dict[str, Any] | None = None
+
+    def runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run name, overrides) for every combination of the grid (one run named ``base`` without a grid)."""
+        keys = list(self.grid)
+        combos = itertools.product(*(self.grid[k] for k in keys))
+        runs = []
+        for values in combos:
+            overrides = dict(zip(keys, values))
+            runs.append((run_name(overrides), overrides))
+        return runs
+
+
+def _fail(path: Path, message: str) -> None:
+    raise ValueError(f"Ablation file {path}: {message}")
+
+
+def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Ablation:
+    """Read and check an ablation file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Ablation file {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        _fail(path, "expected a mapping with keys " + ", ".join(sorted(ABLATION_KEYS)))
+    unknown = set(spec) - ABLATION_KEYS
+    if unknown:
+        _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(ABLATION_KEYS)}")
+    if "base" not in spec:
+        _fail(path, "'base' (the experiment YAML every run starts from) is missing")
+    base = (path.parent / spec["base"]).resolve()
+    if not base.is_file():
+        _fail(path, f"base experiment {base} does not exist")
+    grid = spec.get("grid") or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            _fail(path, f"grid.{key} must be a non-empty list of values, got {values!r}")
+    evaluate = spec.get("evaluate") or {}
+    if set(evaluate) - {"ms_flip", "crf"}:
+        _fail(path, f"evaluate takes ms_flip and crf, got {sorted(evaluate)}")
+    name = spec.get("name") or path.stem
+
+    def kwargs(value: Any) -> dict[str, Any] | None:
+        return None if value in (None, False) else ({} if value is True else dict(value))
+
+    return Ablation(name=name, base=base,
+                    output_dir=Path(output_dir or spec.get("output_dir") or f"runs/ablations/{name}"),
+                    set=dict(spec.get("set") or {}), grid=dict(grid),
+                    ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")))
+
+
+def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """``config[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way and stepping into
+    ``init_args`` where a part is a ``class_path`` entry."""
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, dict) and "class_path" in node and part not in ("class_path", "init_args"):
+            node = node.setdefault("init_args", {})
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if "class_path" in node and parts[-1] not in ("class_path", "init_args"):
+        node = node.setdefault("init_args", {})
+    node[parts[-1]] = value
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """``arch=deeplabv3_resnet18,output_stride=8`` style names from the last part of each key."""
+    if not overrides:
+        return "base"
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return "-".join(map(str, value))
+        return str(value)
+
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={fmt(value)}" for key, value in overrides.items())
+
+
+def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: dict[str, Any],
+               run_dir: Path) -> dict[str, Any]:
+    """The base config with the ablation's overrides, its outputs under ``run_dir`` and wandb grouping."""
+    config = copy.deepcopy(base)
+    for key, value in {**ablation.set, **overrides}.items():
+        set_dotted(config, key, value)
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(run_dir)
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and logger.get("class_path", "").endswith("WandbLogger"):
+        args = logger.setdefault("init_args", {})
+        tags = [ablation.name, *(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())]
+        args.update(name=f"{ablation.name}/{name}", group=ablation.name, tags=[t[:64] for t in tags],
+                    save_dir=str(run_dir))
+    callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith("Throughput")]
+    for callback in callbacks:
+        if str(callback.get("class_path")).endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
+    max_steps = int(trainer.get("max_steps") or 0)
+    warmup = min(5, max(max_steps // 4, 0))
+    callbacks.append({"class_path": "deeplab_lightning.callbacks.Throughput", "init_args": {"warmup_steps": warmup}})
+    trainer["callbacks"] = callbacks
+    return config
+
+
+def _validate(cli: Any, ckpt: str | None, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
+    """Validate the trained model with ``callbacks``; returns ({stage: mIoU}, seconds)."""
+    on_gpu = cli.model.device.type == "cuda" or cli.trainer.strategy.root_device.type == "cuda"
+    trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
+                        logger=False, callbacks=callbacks, enable_model_summary=False, enable_progress_bar=False)
+    start = time.perf_counter()
+    trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
+    seconds = time.perf_counter() - start
+    return {stage: float(r["mIoU"]) for stage, r in cli.model.results.items()}, seconds
+
+
+def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
+    """Fit one run through the command line, then evaluate its best checkpoint; returns the report row."""
+    from .cli import main
+
+    cli = main(["fit", "--config", str(config_path)])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else None
+    ckpt = ckpt or None
+    if cli.trainer.logger is not None and hasattr(cli.trainer.logger, "experiment"):
+        experiment = cli.trainer.logger.experiment
+        if hasattr(experiment, "finish"):
+            experiment.finish()  # the next run starts its own wandb run
+    throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
+    cli.model.results.clear()
+    plain, seconds = _validate(cli, ckpt, [])
+    num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))
+    row: dict[str, Any] = {
+        "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
+        "train_img_s": throughput.img_per_s if throughput else None,
+        "eval_img_s": num_val / seconds,
+        "mIoU": plain["val"],
+        "steps": cli.trainer.global_step,
+        "checkpoint": ckpt,
+    }
+    crf = [DenseCRFRefinement(stages=["validate"], **ablation.crf)] if ablation.crf is not None else []
+    if crf:
+        row["mIoU_crf"] = _validate(cli, ckpt, crf)[0]["val"]
+    if ablation.ms_flip is not None:
+        ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
+        results = _validate(cli, ckpt, ms + crf)[0]
+        row["mIoU_ms_flip"] = results["val/unrefined"] if crf else results["val"]
+        if crf:
+            row["mIoU_ms_flip_crf"] = results["val"]
+    return row
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def report_columns(rows: list[dict[str, Any]], grid_keys: list[str]) -> list[tuple[str, str]]:
+    """(field, header) of the report: run, grid values, mIoU variants present, speed, size."""
+    columns = [("run", "run"), *((k, k.rsplit(".", 1)[-1]) for k in grid_keys)]
+    columns += [(k, f"{h} (%)") for k, h in METRICS.items() if any(k in r for r in rows)]
+    return columns + [("train_img_s", "train img/s"), ("eval_img_s", "eval img/s"), ("params_M", "params (M)")]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if key in METRICS and value is not None:
+        return _fmt(100 * value)
+    return _fmt(value, 1 if key.endswith("_img_s") else 2)
+
+
+def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path, title: str) -> Table:
+    """Writes report.csv, report.md, report.png and report.json; returns the rich table."""
+    columns = report_columns(rows, grid_keys)
+    with open(out_dir / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([k for k, _ in columns])
+        writer.writerows([[row.get(k) for k, _ in columns] for row in rows])
+    lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
+             "|" + "|".join("---" if k == "run" else "---:" for k, _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(rows, indent=2, default=str))
+    ablation_figure(rows, {k: h for k, h in METRICS.items()}, title).savefig(out_dir / "report.png", dpi=120)
+    table = Table(title=title)
+    for key, header in columns:
+        table.add_column(header, justify="left" if key == "run" else "right")
+    for row in rows:
+        table.add_row(*(_cell(row, k) for k, _ in columns))
+    return table
+
+
+def run_ablation(ablation: Ablation, force: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every run (skipping finished ones unless ``force``), then write the report."""
+    console = console or Console()
+    base = yaml.safe_load(ablation.base.read_text())
+    ablation.output_dir.mkdir(parents=True, exist_ok=True)
+    runs = ablation.runs()
+    rows = []
+    for i, (name, overrides) in enumerate(runs, 1):
+        run_dir = ablation.output_dir / name.replace("/", "_")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False)
+        config_path, result_path = run_dir / "run.yaml", run_dir / "result.json"
+        if not force and result_path.is_file() and config_path.is_file() and config_path.read_text() == config:
+            console.rule(f"[{i}/{len(runs)}] {name}: done before, reusing {result_path}")
+            rows.append(json.loads(result_path.read_text()))
+            continue
+        console.rule(f"[{i}/{len(runs)}] {name}")
+        config_path.write_text(config)
+        row = {"run": name, **overrides, **train_and_evaluate(ablation, config_path)}
+        result_path.write_text(json.dumps(row, indent=2, default=str))
+        rows.append(row)
+        gc.collect()
+    table = write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}")
+    console.print(table)
+    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deeplab-lightning ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", help="ablation YAML (see experiments/ablations/)")
+    parser.add_argument("--output-dir", help="where runs and the report go (overrides the file's output_dir)")
+    parser.add_argument("--force", action="store_true", help="retrain runs that finished before")
+    parser.add_argument("--dry-run", action="store_true", help="write and check every run's config, train nothing")
+    args = parser.parse_args(argv)
+    ablation = load_ablation(args.file, args.output_dir)
+    if args.dry_run:
+        return dry_run(ablation)
+    run_ablation(ablation, force=args.force)
+    return 0
+
+
+def dry_run(ablation: Ablation) -> int:
+    """Write every run's config and parse it with the command line's parser (errors name the key)."""
+    from .cli import main as cli_main
+
+    base = yaml.safe_load(ablation.base.read_text())
+    for name, overrides in ablation.runs():
+        run_dir = ablation.output_dir / name.replace("/", "_")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "run.yaml"
+        path.write_text(yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cli_main(["fit", "--config", str(path), "--print_config"])
+        except SystemExit as exit_info:
+            if exit_info.code:
+                raise ValueError(f"Run {name} of ablation {ablation.name}: its config {path} does not parse "
+                                 f"(see the error above)") from None
+    Console(stderr=True).print(f"{len(ablation.runs())} run configs written under {ablation.output_dir} and checked")
+    return 0

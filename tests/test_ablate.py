@@ -1,0 +1,71 @@
+"""`deeplab-lightning ablate` on the toy data: a 2-run grid, evaluated with MS + flip and CRF, reported."""
+import csv
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from deeplab_lightning.ablate import load_ablation, main, run_config, set_dotted
+
+from conftest import REPO
+from test_cli import write_config
+
+
+def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir, toy_settings, capsys):
+    base = write_config(tmp_path, toy_dir, toy_settings, max_steps=2)
+    spec = {"name": "toy_os", "base": str(base), "output_dir": str(tmp_path / "out"),
+            "set": {"data.batch_size": 4},
+            "grid": {"model.output_stride": [8, 16]},
+            "evaluate": {"ms_flip": {"scales": [0.75, 1.0], "flip": True},
+                         "crf": {"iterations": 2, "bi_xy_std": 20, "bi_rgb_std": 10}}}
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main([str(path)]) == 0
+    out = tmp_path / "out"
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert [r["run"] for r in rows] == ["output_stride=8", "output_stride=16"]
+    for row in rows:
+        for key in ("mIoU", "mIoU_ms_flip", "mIoU_crf", "mIoU_ms_flip_crf"):
+            assert 0.0 <= float(row[key]) <= 1.0, key
+        assert float(row["train_img_s"]) > 0 and float(row["eval_img_s"]) > 0 and float(row["params_M"]) > 0
+    assert rows[0]["mIoU_ms_flip"] != rows[0]["mIoU"] or rows[0]["mIoU_crf"] != rows[0]["mIoU"]
+    markdown = (out / "report.md").read_text().splitlines()
+    assert "+MS/flip+CRF (%)" in markdown[2] and len([line for line in markdown if line.startswith("| output")]) == 2
+    assert Image.open(out / "report.png").size[0] > 500
+    assert json.loads((out / "report.json").read_text())[1]["model.output_stride"] == 16
+    printed = capsys.readouterr().out
+    assert "Ablation toy_os" in printed and "output_stride=16" in printed
+    trained = yaml.safe_load((out / "output_stride=8" / "run.yaml").read_text())
+    assert trained["model"]["output_stride"] == 8 and trained["data"]["init_args"]["batch_size"] == 4
+
+    assert main([str(path)]) == 0  # finished runs are reused, not retrained
+    assert capsys.readouterr().out.count("done before") == 2
+
+
+def test_ablation_file_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"base": "missing.yaml"}))
+    with pytest.raises(ValueError, match="bad.yaml.*missing.yaml"):
+        load_ablation(path)
+    path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "quickstart.yaml"), "grids": {}}))
+    with pytest.raises(ValueError, match="bad.yaml.*grids"):
+        load_ablation(path)
+
+
+def test_dotted_keys_step_into_init_args():
+    config = {"data": {"class_path": "X", "init_args": {"batch_size": 2}}, "model": {}}
+    set_dotted(config, "data.batch_size", 8)
+    set_dotted(config, "model.model_kwargs.image_pooling", False)
+    assert config == {"data": {"class_path": "X", "init_args": {"batch_size": 8}},
+                      "model": {"model_kwargs": {"image_pooling": False}}}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_ablations_write_configs_that_parse(path, tmp_path):
+    ablation = load_ablation(path, tmp_path)
+    assert len(ablation.runs()) >= 2
+    assert main([str(path), "--output-dir", str(tmp_path), "--dry-run"]) == 0
+    name, overrides = ablation.runs()[0]
+    config = run_config(ablation, yaml.safe_load(ablation.base.read_text()), name, overrides, tmp_path)
+    assert config["trainer"]["callbacks"][-1]["class_path"].endswith("Throughput")
