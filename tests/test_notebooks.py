@@ -14,6 +14,9 @@ def test_explore_notebook_executes_and_shows_figures(tmp_path, monkeypatch):
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, [(e.ename, e.evalue) for e in errors]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the toy samples and the predictions
+    assert len(images) >= 4  # toy samples, predictions, MS/CRF before-after, the ablation plot
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs if o.output_type == "display_data")
+    assert "receptive field (px)" in markdown and "| MS + flip + CRF |" in markdown
+    assert "+MS/flip+CRF (%)" in markdown  # the ablation report
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "val mIoU over the whole split" in text
