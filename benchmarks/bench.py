@@ -2,12 +2,18 @@
 
     python benchmarks/bench.py --device cuda                 # real shapes: 512x512, batch 16, 21 classes
     python benchmarks/bench.py --device cpu                  # smoke run: 96x96, batch 2, 2 timed steps
-    python benchmarks/bench.py --device cuda --json out.json --models ours_v3_r101_os8 tv_v3_r101
+    python benchmarks/bench.py --device cuda --json out.json --models ours_v3_r101_os8 tv_v3_r101_os8
 
-A train step is forward + cross-entropy + backward + SGD step (momentum 0.9). Modes: ``fp32`` and
-``bf16_cl`` (bf16 autocast + channels-last). Peers: torchvision's ``deeplabv3_resnet101`` (output stride 8,
-as torchvision fixes it) and, when installed, segmentation_models_pytorch's ``DeepLabV3Plus(resnet101)``
-(output stride 16). Peak memory is CUDA's max allocated memory per train step (n/a on CPU).
+A train step is forward + cross-entropy + backward + SGD step (momentum 0.9). Modes: ``fp32``, ``bf16_cl``
+(bf16 autocast + channels-last) and ``bf16_cl_compile`` (the same, network under ``torch.compile``). Peers:
+torchvision's ``deeplabv3_resnet101`` (output stride 8, as torchvision fixes it; ``ours_v3_r101_os8_tvhead``
+is ours with torchvision's extra 3x3 head conv, the same architecture) and, when installed,
+segmentation_models_pytorch's ``DeepLabV3Plus(resnet101)`` (output stride 16). Peak memory is CUDA's max
+allocated memory per train step (n/a on CPU).
+
+Further sections: fit throughput through Lightning (``SegmentationModule`` + ``Trainer``) vs a plain PyTorch
+loop on the same model and batches; 6-scale + flip latency vs a naive loop; dense CRF time per image vs
+pydensecrf2 (``crf_bench.py``).
 """
 from __future__ import annotations
 
@@ -52,9 +58,13 @@ def _smp_v3plus() -> nn.Module:
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "ours_v3_r101_os8": lambda: create_model("deeplabv3_resnet101", 21, output_stride=8),
     "tv_v3_r101_os8": _torchvision_v3,
+    "ours_v3_r101_os8_tvhead": lambda: create_model("deeplabv3_resnet101", 21, output_stride=8, extra_conv=True),
     "ours_v3plus_r101_os16": lambda: create_model("deeplabv3plus_resnet101", 21, output_stride=16),
     "smp_v3plus_r101_os16": _smp_v3plus,
 }
+
+
+MODES = ("fp32", "bf16_cl", "bf16_cl_compile")
 
 
 def _sync(device: torch.device) -> None:
@@ -62,15 +72,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _mode(mode: str, device: torch.device) -> tuple[torch.memory_format, torch.autocast]:
+    """(memory format, autocast context) of a benchmark mode."""
+    mixed = mode.startswith("bf16")
+    memory_format = torch.channels_last if mixed else torch.contiguous_format
+    return memory_format, torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed)
+
+
 def measure(build: Callable[[], nn.Module], mode: str, device: torch.device, size: int, batch: int, steps: int,
             warmup: int) -> dict[str, float]:
     """Train and eval throughput of one model in one mode."""
     torch.manual_seed(0)
     model = build().to(device)
-    channels_last = mode == "bf16_cl"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format, autocast = _mode(mode, device)
     model = model.to(memory_format=memory_format)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl")
+    if mode.endswith("compile"):
+        model.compile()
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 21, (batch, size, size), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -106,8 +123,8 @@ def multiscale_latency(device: torch.device, size: int, repeats: int, mode: str)
     """Seconds per image of 6-scale + flip inference: ``predict_multiscale`` (one forward per scale, flip in
     the batch) vs a naive loop of 12 single forwards, on V3+ ResNet-101 OS16 (bf16 autocast in ``bf16_cl``)."""
     model = create_model("deeplabv3plus_resnet101", 21).to(device).eval()
-    if mode == "bf16_cl":
-        model = model.to(memory_format=torch.channels_last)
+    memory_format, autocast = _mode(mode, device)
+    model = model.to(memory_format=memory_format)
     scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     x = torch.randn(1, 3, size, size, device=device)
 
@@ -122,7 +139,6 @@ def multiscale_latency(device: torch.device, size: int, repeats: int, mode: str)
         return total / 12
 
     out = {}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl")
     for name, fn in (("naive_s", naive), ("ours_s", lambda: predict_multiscale(model, x, scales, flip=True))):
         with torch.no_grad(), autocast:
             fn()
@@ -135,6 +151,55 @@ def multiscale_latency(device: torch.device, size: int, repeats: int, mode: str)
     return out
 
 
+def loop_overhead(arch: str, mode: str, device: torch.device, size: int, batch: int, steps: int,
+                  warmup: int) -> dict[str, float]:
+    """Training images/s of the same model on the same batches: a plain PyTorch loop vs Lightning's fit of
+    ``SegmentationModule`` (its defaults: non-finite loss check, device-side metrics; no logger, no
+    checkpoint, no progress bar, no validation)."""
+    import lightning as L
+
+    from deeplab_lightning.callbacks import Throughput
+    from deeplab_lightning.module import SegmentationModule
+
+    generator = torch.Generator().manual_seed(0)
+    data = [{"image": torch.randn(3, size, size, generator=generator),
+             "mask": torch.randint(0, 21, (size, size), generator=generator)} for _ in range(batch)]
+    loader = torch.utils.data.DataLoader(data * (warmup + steps), batch_size=batch, pin_memory=device.type == "cuda")
+    memory_format, autocast = _mode(mode, device)
+    compile_net = mode.endswith("compile")
+
+    torch.manual_seed(0)
+    model = create_model(arch, 21).to(device).to(memory_format=memory_format)
+    if compile_net:
+        model.compile()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    for i, b in enumerate(loader):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        x = b["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        y = b["mask"].to(device, non_blocking=True)
+        with autocast:
+            loss = F.cross_entropy(model(x), y, ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    plain = batch * steps / (time.perf_counter() - start)
+    del model, opt
+
+    torch.manual_seed(0)
+    module = SegmentationModule(create_model(arch, 21), 21, lr=1e-3, head_lr_mult=1.0, weight_decay=0.0,
+                                channels_last=memory_format == torch.channels_last, compile=compile_net)
+    throughput = Throughput(warmup_steps=warmup)
+    trainer = L.Trainer(accelerator=device.type, devices=1, max_steps=warmup + steps, limit_val_batches=0,
+                        precision="bf16-mixed" if mode.startswith("bf16") else "32-true", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[throughput])
+    trainer.fit(module, train_dataloaders=loader)
+    return {"plain_img_s": plain, "lightning_img_s": throughput.img_per_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -143,7 +208,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps (default 20 on cuda, 2 on cpu)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 5 on cuda, 1 on cpu)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16_cl"], choices=["fp32", "bf16_cl"])
+    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16_cl"], choices=MODES)
+    parser.add_argument("--loop-arch", default=None, help="model of the Lightning-vs-plain-loop section "
+                        "(default deeplabv3plus_resnet101 on cuda, deeplabv3plus_resnet18 on cpu); 'none' skips it")
+    parser.add_argument("--crf", nargs="*", default=None, help="CRF cases HxWxC (default 375x500x21 on cuda, "
+                        "120x160x21 on cpu); with no value, skip the CRF section")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--ms-size", type=int, help="multi-scale latency image side (default 513 on cuda, 64 on cpu)")
     args = parser.parse_args()
@@ -182,10 +251,30 @@ def main() -> None:
         ms_table.add_row(mode, f"{1000 * r['naive_s']:.1f}", f"{1000 * r['ours_s']:.1f}",
                          f"{r['ours_s'] / r['naive_s']:.2f}")
     Console().print(ms_table)
+    loop = {}
+    loop_arch = args.loop_arch or ("deeplabv3plus_resnet101" if cuda else "deeplabv3plus_resnet18")
+    if loop_arch != "none":
+        loop_table = Table(title=f"{name}: fit throughput of {loop_arch}, plain loop vs Lightning, "
+                                 f"{size}x{size}, batch {batch}")
+        for column in ("mode", "plain loop img/s", "Lightning img/s", "ratio"):
+            loop_table.add_column(column, justify="left" if column == "mode" else "right")
+        for mode in args.modes:
+            r = loop_overhead(loop_arch, mode, device, size, batch, steps, warmup)
+            loop[mode] = r
+            loop_table.add_row(mode, f"{r['plain_img_s']:.1f}", f"{r['lightning_img_s']:.1f}",
+                               f"{r['lightning_img_s'] / r['plain_img_s']:.2f}")
+        Console().print(loop_table)
+    crf = []
+    crf_cases = args.crf if args.crf is not None else (["375x500x21"] if cuda else ["120x160x21"])
+    if crf_cases:
+        from crf_bench import run as crf_run
+
+        crf, crf_table = crf_run(crf_cases, repeats=3)
+        Console().print(crf_table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "size": size, "batch": batch, "torch": torch.__version__,
-                       "results": results, "multiscale": multiscale}, f, indent=2)
+                       "results": results, "multiscale": multiscale, "loop": loop, "crf": crf}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -61,37 +61,43 @@ def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", nargs="+", default=["375x500x21", "1024x2048x19"], help="HxWxC cases")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    threads = torch.get_num_threads()
-    table = Table(title=f"Dense CRF, 10 iterations, median of {args.repeats} (torch threads: {threads})")
+def run(cases: list[str], repeats: int) -> tuple[list[dict], Table]:
+    """Time every ``HxWxC`` case with pydensecrf2 (when installed) and ours on CPU (and CUDA if present)."""
+    table = Table(title=f"Dense CRF, 10 iterations, median of {repeats} (torch threads: {torch.get_num_threads()})")
     for col in ("case", "implementation", "device", "s / image", "vs pydensecrf2", "label agreement"):
         table.add_column(col, justify="left" if col in ("case", "implementation", "device") else "right")
     rows = []
-    for case in args.sizes:
+    for case in cases:
         h, w, c = (int(v) for v in case.split("x"))
         image, probs = make_case(h, w, c)
         try:
-            ref_s, reference = timed(partial(pydensecrf_run, image, probs), args.repeats)
+            ref_s, reference = timed(partial(pydensecrf_run, image, probs), repeats)
             rows.append({"case": case, "impl": "pydensecrf2", "device": "cpu", "seconds": ref_s})
             table.add_row(case, "pydensecrf2", "cpu", f"{ref_s:.3f}", "1.00", "")
         except ImportError:
             ref_s, reference = None, None
+            table.add_row(case, "pydensecrf2", "cpu", "not installed", "", "")
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:
             img_t, probs_t = torch.from_numpy(image).to(device), probs.to(device)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            secs, out = timed(partial(dense_crf, img_t, probs_t, **PARAMS), args.repeats, sync)
+            secs, out = timed(partial(dense_crf, img_t, probs_t, **PARAMS), repeats, sync)
             agree = None if reference is None else float((out.argmax(0).cpu().numpy() == reference.argmax(0)).mean())
             rows.append({"case": case, "impl": "deeplab_lightning", "device": device, "seconds": secs,
                          "agreement": agree})
             ratio = "" if ref_s is None else f"{secs / ref_s:.2f}"
             table.add_row(case, "deeplab_lightning", device, f"{secs:.3f}", ratio,
                           "" if agree is None else f"{100 * agree:.3f}%")
+    return rows, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", nargs="+", default=["375x500x21", "1024x2048x19"], help="HxWxC cases")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows, table = run(args.sizes, args.repeats)
     Console().print(table)
     if args.json:
         with open(args.json, "w") as f:

@@ -57,6 +57,10 @@ class SegmentationModule(L.LightningModule):
         optimizer: ``"sgd"`` (the papers') or ``"adamw"`` (not in the papers; converges faster from scratch,
             used by the CPU quickstart, which has no pretrained backbone).
         channels_last: run the network in channels-last memory format (faster convolutions, GPU and CPU).
+        compile: ``torch.compile`` the network in place (``True``, or a dict of ``torch.compile`` arguments such
+            as ``{"mode": "max-autotune"}``); parameter names and checkpoints are unchanged.
+        fused_optimizer: the optimizer's fused implementation (one kernel for all parameters). None: fused on
+            GPU, PyTorch's default (foreach) elsewhere.
         bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
             None keeps PyTorch's 0.1.
         nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop, naming the step and the batch's
@@ -88,6 +92,8 @@ class SegmentationModule(L.LightningModule):
         head_lr_mult: float = 10.0,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         channels_last: bool = False,
+        compile: bool | dict[str, Any] = False,
+        fused_optimizer: bool | None = None,
         bn_momentum: float | None = None,
         nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
         sync_batchnorm: bool | None = None,
@@ -111,6 +117,8 @@ class SegmentationModule(L.LightningModule):
                     m.momentum = bn_momentum
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
+        if compile:
+            self.net.compile(**(compile if isinstance(compile, dict) else {}))
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
         self.num_classes = num_classes
@@ -260,6 +268,8 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         groups = parameter_groups(self.net, hp.lr, hp.weight_decay, hp.head_lr_mult)
+        fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type == "cuda"
+        implementation = {"fused": True} if fused else {}
         if hp.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=hp.lr)
-        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+            return torch.optim.AdamW(groups, lr=hp.lr, **implementation)
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, **implementation)

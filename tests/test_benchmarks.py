@@ -17,3 +17,6 @@ def test_benchmark_cpu_smoke_run_writes_the_table_and_json(tmp_path):
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in data["results"])
     assert data["multiscale"]["fp32"]["ours_s"] > 0 and data["multiscale"]["fp32"]["naive_s"] > 0
     assert "predict_multiscale" in result.stdout
+    assert data["loop"]["fp32"]["plain_img_s"] > 0 and data["loop"]["fp32"]["lightning_img_s"] > 0
+    assert "Lightning img/s" in result.stdout
+    assert {row["impl"] for row in data["crf"]} >= {"deeplab_lightning"} and "Dense CRF" in result.stdout

@@ -66,3 +66,16 @@ def test_mIoU_does_not_depend_on_validation_batch_size(toy_dir, toy_settings):
     assert results[1]["val/pixel_acc"] == pytest.approx(results[4]["val/pixel_acc"], abs=1e-6)
     assert 0.0 < results[1]["val/pixel_acc"] < 1.0
     assert results[1]["val/iou/disk"] == pytest.approx(results[4]["val/iou/disk"], abs=1e-6, nan_ok=True)
+
+
+def test_compile_and_fused_optimizer_options():
+    plain = tiny_module()
+    module = tiny_module(compile={"backend": "eager"}, fused_optimizer=True)
+    assert module.net._compiled_call_impl is not None  # compiled in place ...
+    assert list(module.state_dict()) == list(plain.state_dict())  # ... so checkpoints keep their keys
+    batch = {"image": torch.randn(2, 3, 64, 64), "mask": torch.randint(0, 6, (2, 64, 64))}
+    optimizer = module.configure_optimizers()
+    assert optimizer.defaults["fused"] is True
+    module.training_step(batch, 0).backward()
+    optimizer.step()
+    assert plain.configure_optimizers().defaults.get("fused") in (None, False)  # CPU default: not fused
