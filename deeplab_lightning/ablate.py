@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import yaml
@@ -64,15 +64,11 @@ class Ablation:
     def runs(self) -> list[tuple[str, dict[str, Any]]]:
         """(run name, overrides) for every combination of the grid (one run named ``base`` without a grid)."""
         keys = list(self.grid)
-        combos = itertools.product(*(self.grid[k] for k in keys))
-        runs = []
-        for values in combos:
-            overrides = dict(zip(keys, values))
-            runs.append((run_name(overrides), overrides))
-        return runs
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        return [(run_name(overrides), overrides) for overrides in combos]
 
 
-def _fail(path: Path, message: str) -> None:
+def _fail(path: Path, message: str) -> NoReturn:
     raise ValueError(f"Ablation file {path}: {message}")
 
 
@@ -243,7 +239,7 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "report.json").write_text(json.dumps(rows, indent=2, default=str))
-    ablation_figure(rows, {k: h for k, h in METRICS.items()}, title).savefig(out_dir / "report.png", dpi=120)
+    ablation_figure(rows, METRICS, title).savefig(out_dir / "report.png", dpi=120)
     table = Table(title=title)
     for key, header in columns:
         table.add_column(header, justify="left" if key == "run" else "right")

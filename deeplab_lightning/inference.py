@@ -75,3 +75,25 @@ def predict_multiscale(model: Model, images: torch.Tensor,
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
+
+
+def msc_max_fusion(model: Model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.75, 0.5)
+                   ) -> list[torch.Tensor]:
+    """DeepLab V2's multi-scale inputs with max fusion ("MSC", V2 section 4.1), in training and test.
+
+    The shared network runs on the images at each scale; its logits are resized to the input size and fused by
+    an element-wise max. Returns ``[fused, logits at scales[0], logits at scales[1], ...]``, each [N,C,H,W]:
+    V2 trains on the sum of the losses of all of them. Deviation: V2 fuses the stride-8 score maps and
+    downsamples the labels; here every map is first upsampled to the input size, like every output of this
+    project, and the labels keep their resolution.
+    """
+    h, w = images.shape[-2:]
+    outputs = []
+    for scale in scales:
+        x = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                     align_corners=False)
+        logits = model(x)
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        outputs.append(logits)
+    return [torch.stack(outputs).amax(0), *outputs]

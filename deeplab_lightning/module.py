@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.sampling import derive_seed
+from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
 from .models import create_model
 from .run_info import run_info
@@ -61,6 +62,10 @@ class SegmentationModule(L.LightningModule):
             as ``{"mode": "max-autotune"}``); parameter names and checkpoints are unchanged.
         fused_optimizer: the optimizer's fused implementation (one kernel for all parameters). None: fused on
             GPU, PyTorch's default (foreach) elsewhere.
+        msc_scales: DeepLab V2's multi-scale inputs with max fusion (MSC, V2 section 4.1), e.g. ``[1.0, 0.75,
+            0.5]``: the network runs at every scale in training and evaluation, and training sums the losses
+            of the fused and of each scale's logits (:func:`~deeplab_lightning.inference.msc_max_fusion`).
+            Parameters are unchanged, so a checkpoint evaluates with or without it.
         bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
             None keeps PyTorch's 0.1.
         nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop, naming the step and the batch's
@@ -94,6 +99,7 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool | dict[str, Any] = False,
         fused_optimizer: bool | None = None,
+        msc_scales: Sequence[float] | None = None,
         bn_momentum: float | None = None,
         nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
         sync_batchnorm: bool | None = None,
@@ -153,8 +159,14 @@ class SegmentationModule(L.LightningModule):
         if seed is not None:
             torch.manual_seed(derive_seed(int(seed), self.global_rank, self.global_step))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _net(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [N,C,H,W] (max-fused over ``msc_scales`` when set)."""
+        if self.hparams.msc_scales:
+            return msc_max_fusion(self._net, images, self.hparams.msc_scales)[0]
+        return self._net(images)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the non-ignored pixels of the batch (0, not NaN, when all are ignored)."""
@@ -162,7 +174,11 @@ class SegmentationModule(L.LightningModule):
         return loss / (mask != self.hparams.ignore_index).sum().clamp_min(1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        loss = self.loss(self(batch["image"]), batch["mask"])
+        if self.hparams.msc_scales:
+            outputs = msc_max_fusion(self._net, batch["image"], self.hparams.msc_scales)
+            loss = sum(self.loss(logits, batch["mask"]) for logits in outputs)
+        else:
+            loss = self.loss(self(batch["image"]), batch["mask"])
         if self.hparams.nonfinite_loss != "ignore" and not bool(torch.isfinite(loss)):
             where = f"step {self.global_step} (batch {batch_idx}, samples {batch.get('id', '?')})"
             if self.hparams.nonfinite_loss == "raise":

@@ -78,3 +78,23 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
     assert len(calls) == 6  # validation was not switched
     with pytest.raises(ValueError, match="stages"):
         MultiScaleInference(stages=["training"])
+
+
+def test_msc_max_fuses_the_scales_and_trains_on_every_output():
+    from deeplab_lightning.inference import msc_max_fusion
+    from deeplab_lightning.module import SegmentationModule
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 4, 3, padding=1)
+    images = torch.randn(2, 3, 32, 40)
+    fused, *scales = msc_max_fusion(net, images, (1.0, 0.75, 0.5))
+    assert len(scales) == 3 and all(s.shape == fused.shape == (2, 4, 32, 40) for s in scales)
+    assert torch.equal(scales[0], net(images))
+    assert torch.equal(fused, torch.maximum(torch.maximum(scales[0], scales[1]), scales[2]))
+
+    module = SegmentationModule(net, 4, msc_scales=[1.0, 0.5])
+    batch = {"image": images, "mask": torch.randint(0, 4, (2, 32, 40))}
+    outputs = msc_max_fusion(net, images, (1.0, 0.5))
+    expected = sum(module.loss(o, batch["mask"]) for o in outputs)
+    assert torch.allclose(module.training_step(batch, 0), expected)
+    assert torch.equal(module(images), outputs[0])  # evaluation sees the fused logits
