@@ -143,3 +143,28 @@ def test_augmentation_keeps_image_and_mask_aligned(tmp_path):
             assert torch.equal(decoded[interior], mask[interior])
             checked += int(interior.sum())
     assert checked > 10_000
+
+
+def test_missing_split_list_and_listed_file_name_the_path(voc_sbd):
+    data_dir, _ = voc_sbd
+    with pytest.raises(FileNotFoundError, match=r"trainval_typo.txt does not exist \(available splits: .*'val'"):
+        VOCDataModule(str(data_dir), num_workers=0).samples("trainval_typo")
+    lists = data_dir / "VOCdevkit/VOC2012/ImageSets/Segmentation"
+    (lists / "ghost.txt").write_text("no_such_image\n")
+    with pytest.raises(FileNotFoundError, match="no_such_image.*ghost.txt"):
+        VOCDataModule(str(data_dir), num_workers=0).samples("ghost")
+
+
+def test_truncated_png_label_names_the_file_even_from_a_worker(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from deeplab_lightning.data.dataset import Sample, SegmentationDataset, pad_collate
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 5, (32, 32), dtype=np.uint8), mode="L").save(tmp_path / "a.png")
+    (tmp_path / "a.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])
+    dataset = SegmentationDataset([Sample("a", tmp_path / "a.jpg", tmp_path / "a.png")], num_classes=21)
+    with pytest.raises(ValueError, match="a.png"):
+        next(iter(DataLoader(dataset, num_workers=1, collate_fn=pad_collate)))
