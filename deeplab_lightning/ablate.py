@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
+import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -161,13 +162,14 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
     return config
 
 
-def _validate(cli: Any, ckpt: str | None, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
+def _validate(cli: Any, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
     """Validate the trained model with ``callbacks``; returns ({stage: mIoU}, seconds)."""
-    on_gpu = cli.model.device.type == "cuda" or cli.trainer.strategy.root_device.type == "cuda"
+    on_gpu = cli.trainer.strategy.root_device.type == "cuda"
     trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
                         logger=False, callbacks=callbacks, enable_model_summary=False, enable_progress_bar=False)
+    cli.model.results.clear()
     start = time.perf_counter()
-    trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
+    trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     seconds = time.perf_counter() - start
     return {stage: float(r["mIoU"]) for stage, r in cli.model.results.items()}, seconds
 
@@ -178,14 +180,14 @@ def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
 
     cli = main(["fit", "--config", str(config_path)])
     ckpt = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else None
-    ckpt = ckpt or None
+    if ckpt:  # evaluate the best checkpoint, not the last weights
+        cli.model.load_state_dict(torch.load(ckpt, map_location=cli.model.device, weights_only=False)["state_dict"])
     if cli.trainer.logger is not None and hasattr(cli.trainer.logger, "experiment"):
         experiment = cli.trainer.logger.experiment
         if hasattr(experiment, "finish"):
             experiment.finish()  # the next run starts its own wandb run
     throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
-    cli.model.results.clear()
-    plain, seconds = _validate(cli, ckpt, [])
+    plain, seconds = _validate(cli, [])
     num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
@@ -193,14 +195,14 @@ def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
         "eval_img_s": num_val / seconds,
         "mIoU": plain["val"],
         "steps": cli.trainer.global_step,
-        "checkpoint": ckpt,
+        "checkpoint": ckpt or None,
     }
     crf = [DenseCRFRefinement(stages=["validate"], **ablation.crf)] if ablation.crf is not None else []
     if crf:
-        row["mIoU_crf"] = _validate(cli, ckpt, crf)[0]["val"]
+        row["mIoU_crf"] = _validate(cli, crf)[0]["val"]
     if ablation.ms_flip is not None:
         ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
-        results = _validate(cli, ckpt, ms + crf)[0]
+        results = _validate(cli, ms + crf)[0]
         row["mIoU_ms_flip"] = results["val/unrefined"] if crf else results["val"]
         if crf:
             row["mIoU_ms_flip_crf"] = results["val"]
@@ -240,11 +242,12 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "report.json").write_text(json.dumps(rows, indent=2, default=str))
     ablation_figure(rows, METRICS, title).savefig(out_dir / "report.png", dpi=120)
+    compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
     table = Table(title=title)
-    for key, header in columns:
+    for key, header in compact:
         table.add_column(header, justify="left" if key == "run" else "right")
     for row in rows:
-        table.add_row(*(_cell(row, k) for k, _ in columns))
+        table.add_row(*(_cell(row, k) for k, _ in compact))
     return table
 
 
