@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["fp32", "bf16_cl"], choices=MODES)
     parser.add_argument("--loop-arch", default=None, help="model of the Lightning-vs-plain-loop section "
                         "(default deeplabv3plus_resnet101 on cuda, deeplabv3plus_resnet18 on cpu); 'none' skips it")
+    parser.add_argument("--loop-steps", type=int, help="timed steps of the loop section (default: --steps)")
     parser.add_argument("--crf", nargs="*", default=None, help="CRF cases HxWxC (default 375x500x21 on cuda, "
                         "120x160x21 on cpu); with no value, skip the CRF section")
     parser.add_argument("--json", help="also write the results here")
@@ -259,7 +260,7 @@ def main() -> None:
         for column in ("mode", "plain loop img/s", "Lightning img/s", "ratio"):
             loop_table.add_column(column, justify="left" if column == "mode" else "right")
         for mode in args.modes:
-            r = loop_overhead(loop_arch, mode, device, size, batch, steps, warmup)
+            r = loop_overhead(loop_arch, mode, device, size, batch, args.loop_steps or steps, warmup)
             loop[mode] = r
             loop_table.add_row(mode, f"{r['plain_img_s']:.1f}", f"{r['lightning_img_s']:.1f}",
                                f"{r['lightning_img_s'] / r['plain_img_s']:.2f}")

@@ -40,7 +40,7 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -
     names = [row["run"] for row in rows]
     present = [k for k in metrics if any(row.get(k) is not None for row in rows)]
     y = np.arange(len(rows))
-    fig = Figure(figsize=(13, 1.4 + 0.5 * len(rows)))
+    fig = Figure(figsize=(13, 1.8 + 0.5 * len(rows)))
     axes = fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [2, 1, 1]})
     height = 0.8 / max(len(present), 1)
     for i, key in enumerate(present):
@@ -48,12 +48,14 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -
         bars = axes[0].barh(y + (i - (len(present) - 1) / 2) * height, values, height, label=metrics[key])
         axes[0].bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     axes[0].set_xlabel("val mIoU (%)")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
     for ax, key, label in ((axes[1], "train_img_s", "train images / s"), (axes[2], "params_M", "parameters (M)")):
         values = [row.get(key) if row.get(key) is not None else np.nan for row in rows]
         bars = ax.barh(y, values, 0.6, color="tab:gray")
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         ax.set_xlabel(label)
+    for ax in axes:  # room for the bar labels
+        ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
     axes[0].set_yticks(y, names, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title)
