@@ -141,6 +141,7 @@ class SegmentationModule(L.LightningModule):
             {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")})
 
     def setup(self, stage: str) -> None:
+        """Switch BatchNorm to SyncBatchNorm for a multi-GPU fit (see ``sync_batchnorm``)."""
         world_size = self.trainer.world_size
         use = self.hparams.sync_batchnorm
         on_gpu = self.trainer.strategy.root_device.type == "cuda"

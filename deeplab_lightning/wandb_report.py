@@ -4,9 +4,25 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from .plots import confusion_matrix_figure
+
+
+def _pad_to_common_size(samples: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Pad (id, image [H,W,3], pred [H,W], mask [H,W]) to the largest H, W (black image, labels 255 =
+    ignore): wandb shows a list of images in one panel only when they share a size."""
+    if not samples:
+        return samples
+    h = max(s[1].shape[0] for s in samples)
+    w = max(s[1].shape[1] for s in samples)
+
+    def pad(a: np.ndarray, fill: int) -> np.ndarray:
+        widths = [(0, h - a.shape[0]), (0, w - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+        return np.pad(a, widths, constant_values=fill)
+
+    return [(i, pad(image, 0), pad(pred, 255), pad(mask, 255)) for i, image, pred, mask in samples]
 
 
 class WandbReport(L.Callback):
@@ -80,7 +96,7 @@ class WandbReport(L.Callback):
                 wandb.Image(image, caption=sample_id, masks={
                     "prediction": {"mask_data": pred, "class_labels": labels},
                     "ground_truth": {"mask_data": mask, "class_labels": labels}})
-                for sample_id, image, pred, mask in self.samples],
+                for sample_id, image, pred, mask in _pad_to_common_size(self.samples)],
         }
         logger.experiment.log(media | {"trainer/global_step": trainer.global_step})
         self.samples = []

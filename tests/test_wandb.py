@@ -35,6 +35,10 @@ def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_set
     images = [p.name for p in (files / "media" / "images" / "val").glob("*.png")]
     assert any(name.startswith("confusion_matrix") for name in images)
     assert sum(name.startswith("predictions") for name in images) == 2
+    from PIL import Image
+
+    sizes = {Image.open(p).size for p in (files / "media" / "images" / "val").glob("predictions*.png")}
+    assert len(sizes) == 1  # padded to one size, so wandb shows them in one panel
     masks = list((files / "media" / "images" / "mask").rglob("*.png"))
     assert len(masks) == 4  # prediction and ground truth overlays of both images
     records = (next(run_dir.glob("*.wandb"))).read_bytes()  # config and history records, synced later
