@@ -9,6 +9,9 @@ An ablation file (YAML; paths relative to it)::
     output_dir: runs/ablations/toy    # default: runs/ablations/<name>
     set:                              # overrides applied to every run (dotted config keys)
       trainer.max_steps: 700
+    variants:                         # optional named override sets, each crossed with the grid
+      v3: {model.arch: deeplabv3_resnet18, model.model_kwargs: {aspp_channels: 128}}
+      v3plus: {model.arch: deeplabv3plus_resnet18}
     grid:                             # the cartesian product of these values, one run each
       model.arch: [deeplabv3_resnet18, deeplabv3plus_resnet18]
       model.output_stride: [8, 16]
@@ -47,7 +50,7 @@ from .callbacks import DenseCRFRefinement, MultiScaleInference, Throughput
 from .plots import ablation_figure
 
 METRICS = {"mIoU": "mIoU", "mIoU_ms_flip": "+MS/flip", "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
-ABLATION_KEYS = {"name", "base", "output_dir", "set", "grid", "evaluate"}
+ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate"}
 
 
 @dataclass
@@ -58,15 +61,22 @@ class Ablation:
     base: Path
     output_dir: Path
     set: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     ms_flip: dict[str, Any] | None = None
     crf: dict[str, Any] | None = None
 
     def runs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(run name, overrides) for every combination of the grid (one run named ``base`` without a grid)."""
+        """(run name, overrides) for every variant and combination of the grid (``base`` without either)."""
         keys = list(self.grid)
         combos = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
-        return [(run_name(overrides), overrides) for overrides in combos]
+        variants = self.variants or {"": {}}
+        runs = []
+        for variant, settings in variants.items():
+            for combo in combos:
+                name = ",".join(part for part in (variant, run_name(combo) if combo else "") if part) or "base"
+                runs.append((name, {**settings, **combo}))
+        return runs
 
 
 def _fail(path: Path, message: str) -> NoReturn:
@@ -89,6 +99,9 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     base = (path.parent / spec["base"]).resolve()
     if not base.is_file():
         _fail(path, f"base experiment {base} does not exist")
+    variants = spec.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        _fail(path, "variants must map a name to a mapping of dotted overrides")
     grid = spec.get("grid") or {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -103,7 +116,7 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
 
     return Ablation(name=name, base=base,
                     output_dir=Path(output_dir or spec.get("output_dir") or f"runs/ablations/{name}"),
-                    set=dict(spec.get("set") or {}), grid=dict(grid),
+                    set=dict(spec.get("set") or {}), variants=dict(variants), grid=dict(grid),
                     ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")))
 
 
@@ -126,8 +139,6 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
 
 def run_name(overrides: dict[str, Any]) -> str:
     """``arch=deeplabv3_resnet18,output_stride=8`` style names from the last part of each key."""
-    if not overrides:
-        return "base"
 
     def fmt(value: Any) -> str:
         if isinstance(value, (list, tuple)):
@@ -148,7 +159,7 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
     logger = trainer.get("logger")
     if isinstance(logger, dict) and logger.get("class_path", "").endswith("WandbLogger"):
         args = logger.setdefault("init_args", {})
-        tags = [ablation.name, *(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())]
+        tags = [ablation.name, *name.split(",")]
         args.update(name=f"{ablation.name}/{name}", group=ablation.name, tags=[t[:64] for t in tags],
                     save_dir=str(run_dir))
     callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith("Throughput")]
@@ -269,7 +280,8 @@ def run_ablation(ablation: Ablation, force: bool = False, console: Console | Non
             continue
         console.rule(f"[{i}/{len(runs)}] {name}")
         config_path.write_text(config)
-        row = {"run": name, **overrides, **train_and_evaluate(ablation, config_path)}
+        grid_values = {k: v for k, v in overrides.items() if k in ablation.grid}
+        row = {"run": name, **grid_values, **train_and_evaluate(ablation, config_path)}
         result_path.write_text(json.dumps(row, indent=2, default=str))
         rows.append(row)
         gc.collect()
@@ -294,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dry_run(ablation: Ablation) -> int:
-    """Write every run's config and parse it with the command line's parser (errors name the key)."""
+    """Write every run's config, parse it with the command line's parser (errors name the key) and build its
+    network on the meta device (errors name a model argument the architecture does not take)."""
     from .cli import main as cli_main
+    from .models import create_model
 
     base = yaml.safe_load(ablation.base.read_text())
     for name, overrides in ablation.runs():
@@ -303,12 +317,21 @@ def dry_run(ablation: Ablation) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "run.yaml"
         path.write_text(yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False))
+        printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(printed):
                 cli_main(["fit", "--config", str(path), "--print_config"])
         except SystemExit as exit_info:
             if exit_info.code:
                 raise ValueError(f"Run {name} of ablation {ablation.name}: its config {path} does not parse "
                                  f"(see the error above)") from None
+        model = yaml.safe_load(printed.getvalue())["model"]
+        try:
+            with torch.device("meta"):
+                create_model(model["arch"], 21, output_stride=model["output_stride"],
+                             **(model["model_kwargs"] or {}))
+        except TypeError as err:
+            raise ValueError(f"Run {name} of ablation {ablation.name}: {model['arch']} cannot be built with "
+                             f"model_kwargs {model['model_kwargs']} ({err})") from None
     Console(stderr=True).print(f"{len(ablation.runs())} run configs written under {ablation.output_dir} and checked")
     return 0

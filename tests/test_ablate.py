@@ -69,3 +69,26 @@ def test_shipped_ablations_write_configs_that_parse(path, tmp_path):
     name, overrides = ablation.runs()[0]
     config = run_config(ablation, yaml.safe_load(ablation.base.read_text()), name, overrides, tmp_path)
     assert config["trainer"]["callbacks"][-1]["class_path"].endswith("Throughput")
+
+
+def test_variants_cross_the_grid(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(REPO / "experiments" / "quickstart.yaml"),
+        "variants": {"v3": {"model.arch": "deeplabv3_resnet18"}, "v3plus": {"model.arch": "deeplabv3plus_resnet18"}},
+        "grid": {"model.output_stride": [16, 8]}}))
+    runs = load_ablation(path).runs()
+    assert [name for name, _ in runs] == ["v3,output_stride=16", "v3,output_stride=8",
+                                          "v3plus,output_stride=16", "v3plus,output_stride=8"]
+    assert runs[1][1] == {"model.arch": "deeplabv3_resnet18", "model.output_stride": 8}
+    path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "quickstart.yaml")}))
+    assert load_ablation(path).runs() == [("base", {})]
+
+
+def test_dry_run_catches_a_model_argument_the_architecture_lacks(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(REPO / "experiments" / "quickstart.yaml"),  # its model_kwargs include decoder_channels
+        "variants": {"v3": {"model.arch": "deeplabv3_resnet18"}}}))
+    with pytest.raises(ValueError, match="deeplabv3_resnet18 cannot be built.*decoder_channels"):
+        main([str(path), "--output-dir", str(tmp_path / "out"), "--dry-run"])
