@@ -1,11 +1,10 @@
 """The ``deeplab-lightning`` command: LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-
-import json
 from typing import Any
 
 import lightning as L
