@@ -79,6 +79,16 @@ def _mode(mode: str, device: torch.device) -> tuple[torch.memory_format, torch.a
     return memory_format, torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed)
 
 
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                autocast: torch.autocast) -> None:
+    """Forward + cross-entropy + backward + optimizer step."""
+    with autocast:
+        loss = F.cross_entropy(model(x), y, ignore_index=255)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def measure(build: Callable[[], nn.Module], mode: str, device: torch.device, size: int, batch: int, steps: int,
             warmup: int) -> dict[str, float]:
     """Train and eval throughput of one model in one mode."""
@@ -98,11 +108,7 @@ def measure(build: Callable[[], nn.Module], mode: str, device: torch.device, siz
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-        with autocast:
-            loss = F.cross_entropy(model(x), y, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(model, opt, x, y, autocast)
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
@@ -178,12 +184,7 @@ def loop_overhead(arch: str, mode: str, device: torch.device, size: int, batch: 
             _sync(device)
             start = time.perf_counter()
         x = b["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        y = b["mask"].to(device, non_blocking=True)
-        with autocast:
-            loss = F.cross_entropy(model(x), y, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(model, opt, x, b["mask"].to(device, non_blocking=True), autocast)
     _sync(device)
     plain = batch * steps / (time.perf_counter() - start)
     del model, opt

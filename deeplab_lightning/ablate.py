@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
@@ -193,10 +194,8 @@ def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
     ckpt = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else None
     if ckpt:  # evaluate the best checkpoint, not the last weights
         cli.model.load_state_dict(torch.load(ckpt, map_location=cli.model.device, weights_only=False)["state_dict"])
-    if cli.trainer.logger is not None and hasattr(cli.trainer.logger, "experiment"):
-        experiment = cli.trainer.logger.experiment
-        if hasattr(experiment, "finish"):
-            experiment.finish()  # the next run starts its own wandb run
+    if isinstance(cli.trainer.logger, WandbLogger):
+        cli.trainer.logger.experiment.finish()  # the next run starts its own wandb run
     throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
     plain, seconds = _validate(cli, [])
     num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))

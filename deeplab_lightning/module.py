@@ -142,17 +142,14 @@ class SegmentationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Switch BatchNorm to SyncBatchNorm for a multi-GPU fit (see ``sync_batchnorm``)."""
-        world_size = self.trainer.world_size
-        use = self.hparams.sync_batchnorm
-        on_gpu = self.trainer.strategy.root_device.type == "cuda"
-        if use is None:
-            use = world_size > 1 and on_gpu
-        if stage != "fit" or not use or world_size == 1:
+        if stage != "fit" or self.trainer.world_size == 1:
             return
-        if not on_gpu:
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        use = on_gpu if self.hparams.sync_batchnorm is None else self.hparams.sync_batchnorm
+        if use and not on_gpu:
             raise ValueError("model.sync_batchnorm: true needs GPUs (PyTorch's SyncBatchNorm does not run on "
                              "CPU); leave it unset (auto) or false")
-        if not any(isinstance(m, nn.SyncBatchNorm) for m in self.net.modules()):
+        if use and not any(isinstance(m, nn.SyncBatchNorm) for m in self.net.modules()):
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
