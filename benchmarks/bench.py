@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from collections.abc import Callable
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -31,6 +33,8 @@ from torch import nn
 from deeplab_lightning.inference import predict_multiscale
 from deeplab_lightning.models import create_model
 
+
+console = Console(width=150)  # wide enough that logs keep each table row on one line
 
 class _OutOnly(nn.Module):
     """torchvision segmentation models return a dict; keep its ``"out"``."""
@@ -157,14 +161,29 @@ def multiscale_latency(device: torch.device, size: int, repeats: int, mode: str)
     return out
 
 
+class _HostSyncCounter(L.Callback):
+    """Counts the host syncs that ``torch.cuda``'s sync debug mode reported (as warnings, into ``caught``)
+    from the start of training step ``first`` to the start of step ``first + steps``."""
+
+    def __init__(self, first: int, steps: int, caught: list[warnings.WarningMessage]) -> None:
+        self.first, self.steps, self.caught = first, steps, caught
+        self.count, self._start, self.sites = 0, 0, []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        if trainer.global_step == self.first:
+            self._start = len(self.caught)
+        elif trainer.global_step == self.first + self.steps:
+            syncs = [w for w in self.caught[self._start:] if "synchroniz" in str(w.message)]
+            self.count, self.sites = len(syncs), sorted({f"{w.filename}:{w.lineno}" for w in syncs})
+
+
 def loop_overhead(arch: str, mode: str, device: torch.device, size: int, batch: int, steps: int,
                   warmup: int) -> dict[str, float]:
     """Training images/s of the same model on the same batches: a plain PyTorch loop vs Lightning's fit of
-    ``SegmentationModule`` (its defaults: non-finite loss check, device-side metrics; no logger, no
-    checkpoint, no progress bar, no validation)."""
-    import lightning as L
-
-    from deeplab_lightning.callbacks import Throughput
+    ``SegmentationModule`` (no logger, checkpoint, progress bar or validation) with its default loss check
+    (``nonfinite_loss: raise``, read one step late, no host sync) and with ``skip`` (the step waits for the
+    loss on the host). On CUDA, also the host syncs per step of the default fit."""
+    from deeplab_lightning.callbacks import PolyLR, ProgressBar, Throughput
     from deeplab_lightning.module import SegmentationModule
 
     generator = torch.Generator().manual_seed(0)
@@ -186,19 +205,37 @@ def loop_overhead(arch: str, mode: str, device: torch.device, size: int, batch: 
         x = b["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         _train_step(model, opt, x, b["mask"].to(device, non_blocking=True), autocast)
     _sync(device)
-    plain = batch * steps / (time.perf_counter() - start)
+    result = {"plain_img_s": batch * steps / (time.perf_counter() - start)}
     del model, opt
 
-    torch.manual_seed(0)
-    module = SegmentationModule(create_model(arch, 21), 21, lr=1e-3, head_lr_mult=1.0, weight_decay=0.0,
-                                channels_last=memory_format == torch.channels_last, compile=compile_net)
-    throughput = Throughput(warmup_steps=warmup)
-    trainer = L.Trainer(accelerator=device.type, devices=1, max_steps=warmup + steps, limit_val_batches=0,
-                        precision="bf16-mixed" if mode.startswith("bf16") else "32-true", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[throughput])
-    trainer.fit(module, train_dataloaders=loader)
-    return {"plain_img_s": plain, "lightning_img_s": throughput.img_per_s}
+    def fit(nonfinite_loss: str, *callbacks: L.Callback) -> None:
+        torch.manual_seed(0)
+        module = SegmentationModule(create_model(arch, 21), 21, lr=1e-3, head_lr_mult=1.0, weight_decay=0.0,
+                                    channels_last=memory_format == torch.channels_last, compile=compile_net,
+                                    nonfinite_loss=nonfinite_loss)
+        progress_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        trainer = L.Trainer(accelerator=device.type, devices=1, max_steps=warmup + steps, limit_val_batches=0,
+                            precision="bf16-mixed" if mode.startswith("bf16") else "32-true", logger=False,
+                            enable_checkpointing=False, enable_progress_bar=progress_bar,
+                            enable_model_summary=False, callbacks=list(callbacks))
+        trainer.fit(module, train_dataloaders=loader)
+
+    for key, nonfinite_loss in (("lightning_img_s", "raise"), ("lightning_sync_img_s", "skip")):
+        throughput = Throughput(warmup_steps=warmup)
+        fit(nonfinite_loss, throughput)
+        result[key] = throughput.img_per_s
+    if device.type == "cuda" and steps > 1:  # counted in a fit with the experiment configs' callbacks
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            counter = _HostSyncCounter(first=warmup, steps=steps - 1, caught=caught)
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fit("raise", counter, PolyLR(), ProgressBar())
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        result["lightning_syncs_per_step"] = counter.count / counter.steps
+        result["lightning_sync_sites"] = counter.sites
+    return result
 
 
 def main() -> None:
@@ -241,7 +278,7 @@ def main() -> None:
                           f"{r['eval_img_s']:.1f}")
             if cuda:
                 torch.cuda.empty_cache()
-    Console().print(table)
+    console.print(table)
     ms_size = args.ms_size or (513 if cuda else 64)
     ms_table = Table(title=f"{name}: 6 scales + flip, one {ms_size}x{ms_size} image, V3+ ResNet-101 OS16")
     for column in ("mode", "naive loop (ms)", "predict_multiscale (ms)", "ratio"):
@@ -252,27 +289,33 @@ def main() -> None:
         multiscale[mode] = r
         ms_table.add_row(mode, f"{1000 * r['naive_s']:.1f}", f"{1000 * r['ours_s']:.1f}",
                          f"{r['ours_s'] / r['naive_s']:.2f}")
-    Console().print(ms_table)
+    console.print(ms_table)
     loop = {}
     loop_arch = args.loop_arch or ("deeplabv3plus_resnet101" if cuda else "deeplabv3plus_resnet18")
     if loop_arch != "none":
         loop_table = Table(title=f"{name}: fit throughput of {loop_arch}, plain loop vs Lightning, "
                                  f"{size}x{size}, batch {batch}")
-        for column in ("mode", "plain loop img/s", "Lightning img/s", "ratio"):
+        for column in ("mode", "plain loop img/s", "Lightning img/s", "ratio", "host syncs / step",
+                       "with a sync per step", "ratio "):
             loop_table.add_column(column, justify="left" if column == "mode" else "right")
         for mode in args.modes:
             r = loop_overhead(loop_arch, mode, device, size, batch, args.loop_steps or steps, warmup)
             loop[mode] = r
             loop_table.add_row(mode, f"{r['plain_img_s']:.1f}", f"{r['lightning_img_s']:.1f}",
-                               f"{r['lightning_img_s'] / r['plain_img_s']:.2f}")
-        Console().print(loop_table)
+                               f"{r['lightning_img_s'] / r['plain_img_s']:.2f}",
+                               f"{r.get('lightning_syncs_per_step', float('nan')):.1f}",
+                               f"{r['lightning_sync_img_s']:.1f}", f"{r['lightning_sync_img_s'] / r['plain_img_s']:.2f}")
+        console.print(loop_table)
+        for mode, r in loop.items():
+            for site in r.get("lightning_sync_sites", []):
+                console.print(f"{mode}: host sync in the Lightning fit's steps at {site}")
     crf = []
     crf_cases = args.crf if args.crf is not None else (["375x500x21"] if cuda else ["120x160x21"])
     if crf_cases:
         from crf_bench import run as crf_run
 
         crf, crf_table = crf_run(crf_cases, repeats=3)
-        Console().print(crf_table)
+        console.print(crf_table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "size": size, "batch": batch, "torch": torch.__version__,

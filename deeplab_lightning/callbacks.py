@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from rich.console import Console
@@ -67,6 +67,40 @@ class PolyLR(L.Callback):
                                 self.warmup_start_factor)
         for group in optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar that reads the logged metrics (the training loss) at most every
+    ``metrics_every_s`` seconds instead of after every step: reading them copies them to the host, so the CPU
+    waits for the GPU and cannot queue the next batch meanwhile. Step-based runs (``max_epochs: -1``) show
+    ``Epoch N``, not ``Epoch N/-2``. Other arguments are ``RichProgressBar``'s.
+    """
+
+    def __init__(self, metrics_every_s: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.metrics_every_s = metrics_every_s
+        self._metrics_read_at = -float("inf")
+        self._skip_metrics = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        self._skip_metrics = now - self._metrics_read_at < self.metrics_every_s
+        if not self._skip_metrics:
+            self._metrics_read_at = now
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._skip_metrics = False
+
+    def _update_metrics(self, trainer, pl_module) -> None:
+        if not self._skip_metrics:
+            super()._update_metrics(trainer, pl_module)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = super()._get_train_description(current_epoch)
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            description = description.replace(f"/{self.trainer.max_epochs - 1}", "", 1)
+        return description
 
 
 def iou_table(class_names: list[str], results: dict[str, torch.Tensor], title: str) -> Table:

@@ -3,7 +3,9 @@ import subprocess
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from deeplab_lightning.callbacks import ProgressBar
 from deeplab_lightning.cli import main
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 from deeplab_lightning.module import SegmentationModule
@@ -50,15 +52,41 @@ class PoisonLR(L.Callback):
                 pl_module.net.decoder.classifier.weight.fill_(float("inf"))
 
 
-def test_nonfinite_loss_stops_naming_step_and_samples(toy_dir, toy_settings, tmp_path):
+def test_nonfinite_loss_stops_naming_step_and_samples_and_keeps_the_good_checkpoint(toy_dir, toy_settings,
+                                                                                   tmp_path):
     L.seed_everything(0)
     module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16,
                                                                             "decoder_channels": 16})
     dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
-    trainer = L.Trainer(max_steps=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[PoisonLR()])
+    every_step = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
+    trainer = L.Trainer(max_steps=5, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[PoisonLR(), every_step])
     with pytest.raises(FloatingPointError, match=r"step 2 .*toy_train_"):
         trainer.fit(module, datamodule=dm)
+    # The check is read one hook late (no host sync in the step), but before the checkpoint of the bad step.
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2
+    assert all(v.isfinite().all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_progress_bar_reads_metrics_at_most_every_interval(toy_dir, toy_settings, tmp_path):
+    def fit(bar: ProgressBar) -> list[int]:
+        reads = []
+        read = bar.get_metrics
+        bar.get_metrics = lambda trainer, module: reads.append(trainer.global_step) or read(trainer, module)
+        module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16,
+                                                                                "decoder_channels": 16})
+        dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
+        trainer = L.Trainer(max_steps=4, max_epochs=-1, limit_train_batches=4, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False, callbacks=[bar])
+        trainer.fit(module, datamodule=dm)
+        return reads
+
+    assert {1, 2, 3, 4} <= set(fit(ProgressBar(metrics_every_s=0)))  # after every step (RichProgressBar's way)
+    throttled = ProgressBar(metrics_every_s=1e9)
+    reads = fit(throttled)
+    assert 1 in reads and 2 not in reads and 3 not in reads  # first step, then only at the epoch's end
+    assert throttled._get_train_description(0).strip() == "Epoch 0"  # not "Epoch 0/-2" with max_epochs -1
 
 
 def test_nonfinite_loss_can_be_skipped(toy_dir, toy_settings, tmp_path):
