@@ -70,15 +70,18 @@ class PolyLR(L.Callback):
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's rich progress bar that reads the logged metrics (the training loss) at most every
-    ``metrics_every_s`` seconds instead of after every step: reading them copies them to the host, so the CPU
-    waits for the GPU and cannot queue the next batch meanwhile. Step-based runs (``max_epochs: -1``) show
-    ``Epoch N``, not ``Epoch N/-2``. Other arguments are ``RichProgressBar``'s.
+    """Lightning's rich progress bar without a host sync after every training step.
+
+    Metrics logged with ``prog_bar=True`` are copied to the host by Lightning after every step, which makes the
+    CPU wait for the GPU instead of queueing the next batch. This bar instead shows the logged metrics named in
+    ``show`` (default: the training loss), read at most every ``metrics_every_s`` seconds. Step-based runs
+    (``max_epochs: -1``) show ``Epoch N``, not ``Epoch N/-2``. Other arguments are ``RichProgressBar``'s.
     """
 
-    def __init__(self, metrics_every_s: float = 1.0, **kwargs) -> None:
+    def __init__(self, metrics_every_s: float = 1.0, show: Sequence[str] = ("train/loss",), **kwargs) -> None:
         super().__init__(**kwargs)
         self.metrics_every_s = metrics_every_s
+        self.show = tuple(show)
         self._metrics_read_at = -float("inf")
         self._skip_metrics = False
 
@@ -95,6 +98,15 @@ class ProgressBar(RichProgressBar):
     def _update_metrics(self, trainer, pl_module) -> None:
         if not self._skip_metrics:
             super()._update_metrics(trainer, pl_module)
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        logged = trainer.callback_metrics
+        for name in self.show:
+            if name in logged:
+                value = logged[name]
+                items[name] = value.item() if isinstance(value, torch.Tensor) else value
+        return items
 
     def _get_train_description(self, current_epoch: int) -> str:
         description = super()._get_train_description(current_epoch)

@@ -212,7 +212,8 @@ class SegmentationModule(L.LightningModule):
             return None
         if self.hparams.nonfinite_loss == "raise":
             self._loss_check = _LossCheck(loss, where)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        # Not prog_bar=True: Lightning would copy it to the host after every step (callbacks.ProgressBar shows it).
+        self.log("train/loss", loss, batch_size=batch["image"].shape[0])
         return loss
 
     def _raise_if_loss_was_nonfinite(self) -> None:

@@ -1,11 +1,12 @@
 import subprocess
+import traceback
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from deeplab_lightning.callbacks import ProgressBar
+from deeplab_lightning.callbacks import PolyLR, ProgressBar
 from deeplab_lightning.cli import main
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 from deeplab_lightning.module import SegmentationModule
@@ -73,7 +74,14 @@ def test_progress_bar_reads_metrics_at_most_every_interval(toy_dir, toy_settings
     def fit(bar: ProgressBar) -> list[int]:
         reads = []
         read = bar.get_metrics
-        bar.get_metrics = lambda trainer, module: reads.append(trainer.global_step) or read(trainer, module)
+
+        def get_metrics(trainer, module):
+            reads.append(trainer.global_step)
+            items = read(trainer, module)
+            assert isinstance(items["train/loss"], float)  # shown although not logged with prog_bar=True
+            return items
+
+        bar.get_metrics = get_metrics
         module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16,
                                                                                 "decoder_channels": 16})
         dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
@@ -211,3 +219,37 @@ def test_full_cityscapes_frame_is_evaluated_window_by_window_on_cpu():
     trainer.validate(module, DataLoader([frame], batch_size=1, collate_fn=pad_collate))
     assert max(sizes) == (512, 512) and len(sizes) == 3 * 6  # 1/3 overlap: 3 x 6 windows, none larger
     assert 0 <= trainer.callback_metrics["val/mIoU"] <= 1
+
+
+def test_training_steps_copy_nothing_to_the_host(toy_dir, toy_settings, monkeypatch):
+    """On a GPU, reading a tensor's value on the host (``.item()``, ``bool()``...) makes the CPU wait for the
+    GPU, so it cannot queue the next batch meanwhile. A fit with the experiment configs' callbacks reads none
+    from the start of step 2 to the start of step 5 (the progress bar reads the loss once, after step 1),
+    except the non-finite loss check's read of its host copy, which waits for that loss only."""
+    reads = []
+
+    class Window(L.Callback):
+        active = False
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            Window.active = 2 <= trainer.global_step < 5
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        def counted(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            if Window.active:
+                caller = traceback.extract_stack(limit=2)[0]
+                reads.append(f"{_name} in {caller.name} ({caller.filename}:{caller.lineno})")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16,
+                                                                            "decoder_channels": 16})
+    # One worker: the data pipeline's reads of its own CPU tensors happen in another process.
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=1)
+    trainer = L.Trainer(max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[PolyLR(), ProgressBar(metrics_every_s=1e9), Window()])
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 6
+    loss_checks = [r for r in reads if r.startswith("__bool__ in finite ")]
+    assert len(loss_checks) == 3  # one per step in the window
+    assert [r for r in reads if r not in loss_checks] == []
