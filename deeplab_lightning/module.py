@@ -47,8 +47,9 @@ class _LossCheck:
     """Whether a training loss is finite, copied to the host without waiting for the GPU.
 
     ``bool(torch.isfinite(loss))`` in the step would make the CPU wait for the forward pass every step, so it
-    could not prepare the next batch meanwhile (28 % fewer images/s in ``benchmarks/bench.py``'s Lightning fit
-    of V3+ on an H100). The flag is copied asynchronously and read at the next hook, by when it has arrived.
+    could not prepare the next batch meanwhile (with the progress bar's per-step read of the loss, such syncs
+    cost V3+ 28 % of its images/s in ``benchmarks/bench.py``'s Lightning fit on an H100). The flag is copied
+    asynchronously and read at the next hook, by when it has arrived.
     """
 
     def __init__(self, loss: torch.Tensor, where: str) -> None:

@@ -20,3 +20,19 @@ def test_benchmark_cpu_smoke_run_writes_the_table_and_json(tmp_path):
     assert data["loop"]["fp32"]["plain_img_s"] > 0 and data["loop"]["fp32"]["lightning_img_s"] > 0
     assert "Lightning img/s" in result.stdout
     assert {row["impl"] for row in data["crf"]} >= {"deeplab_lightning"} and "Dense CRF" in result.stdout
+
+
+def test_conv_probe_space_to_batch_computes_the_atrous_convolution():
+    """The probe's space-to-batch variant (TensorFlow's atrous_conv2d) must be the same arithmetic as a
+    dilated convolution, or its timings compare different things."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from conv_probe import batch_to_space, space_to_batch
+
+    x, w = torch.randn(2, 5, 12, 12, dtype=torch.float64), torch.randn(4, 5, 3, 3, dtype=torch.float64)
+    for rate in (2, 3, 4):
+        assert torch.equal(batch_to_space(space_to_batch(x, rate), rate), x)
+        atrous = batch_to_space(F.conv2d(space_to_batch(x, rate), w, padding=1), rate)
+        torch.testing.assert_close(atrous, F.conv2d(x, w, padding=rate, dilation=rate))
