@@ -36,6 +36,7 @@ from deeplab_lightning.models import create_model
 
 console = Console(width=150)  # wide enough that logs keep each table row on one line
 
+
 class _OutOnly(nn.Module):
     """torchvision segmentation models return a dict; keep its ``"out"``."""
 
@@ -296,7 +297,7 @@ def main() -> None:
         loop_table = Table(title=f"{name}: fit throughput of {loop_arch}, plain loop vs Lightning, "
                                  f"{size}x{size}, batch {batch}")
         for column in ("mode", "plain loop img/s", "Lightning img/s", "ratio", "host syncs / step",
-                       "with a sync per step", "ratio "):
+                       "Lightning, a sync per step", "its ratio"):
             loop_table.add_column(column, justify="left" if column == "mode" else "right")
         for mode in args.modes:
             r = loop_overhead(loop_arch, mode, device, size, batch, args.loop_steps or steps, warmup)

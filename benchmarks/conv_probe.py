@@ -21,6 +21,7 @@ from rich.table import Table
 
 console = Console(width=150)  # wide enough that logs keep each table row on one line
 
+
 def space_to_batch(x: torch.Tensor, rate: int) -> torch.Tensor:
     """[N, C, H, W] -> [rate² N, C, H / rate, W / rate]: the rate x rate phase grids stacked in the batch."""
     n, c, h, w = x.shape
