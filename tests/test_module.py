@@ -79,3 +79,23 @@ def test_compile_and_fused_optimizer_options():
     module.training_step(batch, 0).backward()
     optimizer.step()
     assert plain.configure_optimizers().defaults.get("fused") in (None, False)  # CPU default: not fused
+
+
+def test_compiled_network_trains_and_validates_images_of_any_size(toy_dir, toy_settings):
+    """``model.compile: true`` with inductor: training crops, then whole validation images of several sizes
+    (64-80 px, one by one), give the eager network's outputs."""
+    torch.manual_seed(0)
+    module = tiny_module(compile=True, channels_last=True)
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
+    trainer = L.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 and 0.0 <= trainer.callback_metrics["val/mIoU"].item() <= 1.0
+    module.eval()
+    with torch.no_grad():
+        for h, w in ((70, 75), (64, 80)):
+            x = torch.randn(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+            compiled, eager = module.net(x), module.net.forward(x)  # forward() bypasses the compiled call
+            assert compiled.shape == (1, 6, h, w)
+            torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
