@@ -174,6 +174,14 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
     return config
 
 
+def _run_dir_and_config(ablation: Ablation, base: dict[str, Any], name: str,
+                        overrides: dict[str, Any]) -> tuple[Path, str]:
+    """The run's folder (created) and its config as YAML text."""
+    run_dir = ablation.output_dir / name.replace("/", "_")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False)
+
+
 def _validate(cli: Any, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
     """Validate the trained model with ``callbacks``; returns ({stage: mIoU}, seconds)."""
     on_gpu = cli.trainer.strategy.root_device.type == "cuda"
@@ -269,9 +277,7 @@ def run_ablation(ablation: Ablation, force: bool = False, console: Console | Non
     runs = ablation.runs()
     rows = []
     for i, (name, overrides) in enumerate(runs, 1):
-        run_dir = ablation.output_dir / name.replace("/", "_")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False)
+        run_dir, config = _run_dir_and_config(ablation, base, name, overrides)
         config_path, result_path = run_dir / "run.yaml", run_dir / "result.json"
         if not force and result_path.is_file() and config_path.is_file() and config_path.read_text() == config:
             console.rule(f"[{i}/{len(runs)}] {name}: done before, reusing {result_path}")
@@ -312,10 +318,9 @@ def dry_run(ablation: Ablation) -> int:
 
     base = yaml.safe_load(ablation.base.read_text())
     for name, overrides in ablation.runs():
-        run_dir = ablation.output_dir / name.replace("/", "_")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir, config = _run_dir_and_config(ablation, base, name, overrides)
         path = run_dir / "run.yaml"
-        path.write_text(yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False))
+        path.write_text(config)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):

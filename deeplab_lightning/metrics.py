@@ -12,9 +12,9 @@ class SegmentationMetrics(Metric):
     torchmetrics, across processes; every score is computed once from the final matrix (never a mean of
     per-batch scores). ``update`` does no host-device synchronisation.
 
-    ``compute()`` returns ``{"mIoU", "pixel_acc", "iou", "confmat"}``: IoU_c = TP / (TP + FP + FN); classes that never
-    occur in target nor prediction have an undefined IoU (NaN) and are left out of the mean, as in the
-    PASCAL VOC devkit.
+    ``compute()`` returns ``{"mIoU", "pixel_acc", "iou", "confmat"}``: IoU_c = TP / (TP + FP + FN); classes
+    that never occur in target nor prediction have an undefined IoU (NaN) and are left out of the mean, as in
+    the PASCAL VOC devkit.
     """
 
     full_state_update = False

@@ -52,8 +52,8 @@ class _LossCheck:
     asynchronously and read at the next hook, by when it has arrived.
     """
 
-    def __init__(self, loss: torch.Tensor, where: str) -> None:
-        self.loss, self.where = loss.detach(), where
+    def __init__(self, loss: torch.Tensor, where: Callable[[], str]) -> None:
+        self.loss, self.where = loss.detach(), where  # where() describes the step, formatted only on failure
         flag = torch.isfinite(self.loss)
         self.event = None
         if flag.is_cuda:
@@ -207,9 +207,13 @@ class SegmentationModule(L.LightningModule):
             loss = sum(self.loss(logits, batch["mask"]) for logits in outputs)
         else:
             loss = self.loss(self(batch["image"]), batch["mask"])
-        where = f"step {self.global_step} (batch {batch_idx}, samples {batch.get('id', '?')})"
+        step = self.global_step
+
+        def where() -> str:
+            return f"step {step} (batch {batch_idx}, samples {batch.get('id', '?')})"
+
         if self.hparams.nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):  # the step waits for this
-            rank_zero_warn(f"Skipping the optimizer step: training loss is {loss.item()} at {where}")
+            rank_zero_warn(f"Skipping the optimizer step: training loss is {loss.item()} at {where()}")
             return None
         if self.hparams.nonfinite_loss == "raise":
             self._loss_check = _LossCheck(loss, where)
@@ -221,7 +225,7 @@ class SegmentationModule(L.LightningModule):
         """Raise if the last checked training loss was NaN or Inf (``nonfinite_loss: raise``)."""
         check, self._loss_check = self._loss_check, None
         if check is not None and not check.finite():
-            raise FloatingPointError(f"Training loss is {check.loss.item()} at {check.where}; lower model.lr, "
+            raise FloatingPointError(f"Training loss is {check.loss.item()} at {check.where()}; lower model.lr, "
                                      f"check these samples, or set model.nonfinite_loss: skip")
 
     def on_train_epoch_end(self) -> None:

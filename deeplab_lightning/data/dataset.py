@@ -1,7 +1,8 @@
 """A dataset of (image file, label PNG) pairs with strict checks, and a padding collate function."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,17 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
             raise ValueError(f"32-bit image values {gray.min()}..{gray.max()} do not fit 16 bits")
         return np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=2)
     return np.array(img.convert("RGB"))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Run the block with the global CPU generator seeded with ``seed`` (and restored after); as is if None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -117,12 +129,9 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"Image {sample.image} is {tuple(image.shape[-2:])} (H, W) but its label map "
                              f"{sample.mask} is {tuple(mask.shape)}")
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
-        if self.transform is not None and seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+        if self.transform is not None:
+            with _seeded(seed):
                 image, mask = self.transform(image, mask)
-        elif self.transform is not None:
-            image, mask = self.transform(image, mask)
         raw = image.as_subclass(torch.Tensor)
         return {
             "image": normalize(raw),
