@@ -225,7 +225,8 @@ class MultiScaleInference(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage in self.stages:
             pl_module.eval_forward = partial(predict_multiscale, pl_module, scales=self.scales, flip=self.flip,
-                                             window=self.window, overlap=self.overlap)
+                                             window=self.window, overlap=self.overlap,
+                                             align_corners=pl_module.align_corners)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.eval_forward = None
@@ -275,7 +276,7 @@ class SegmentationWriter(BasePredictionWriter):
         palette = np.zeros((256, 3), np.uint8)
         palette[: len(colours)] = np.asarray(colours[:256], np.uint8)
         (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
-        for sample_id, labels, raw in zip(batch["id"], prediction, batch["raw_image"]):
+        for sample_id, labels, raw in zip(batch["id"], prediction, batch["image"]):
             labels = labels.cpu().numpy().astype(np.uint8)
             png = Image.fromarray(labels, mode="L").convert("P")
             png.putpalette(palette.reshape(-1).tolist())

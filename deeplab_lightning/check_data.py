@@ -17,7 +17,7 @@ from rich.progress import track
 from rich.table import Table
 
 from .data.base import SegmentationDataModule
-from .data.dataset import IGNORE_INDEX, SegmentationDataset
+from .data.dataset import SegmentationDataset
 
 
 def class_pixel_counts(dataset: SegmentationDataset, description: str = "") -> tuple[torch.Tensor, int, list[str]]:
@@ -30,7 +30,7 @@ def class_pixel_counts(dataset: SegmentationDataset, description: str = "") -> t
         except (OSError, ValueError) as err:
             problems.append(str(err))
             continue
-        valid = mask != IGNORE_INDEX
+        valid = mask != dataset.ignore_index
         ignored += int((~valid).sum())
         counts += torch.bincount(mask[valid], minlength=dataset.num_classes)
     return counts, ignored, problems
@@ -51,7 +51,7 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
         total = max(int(counts.sum()), 1)
         table.add_column(f"{split} ({len(dataset)} images)", justify="right")
         columns.append([f"{100 * c / total:.2f}" for c in counts.tolist()] + [f"{ignored:,} px"])
-    for i, name in enumerate([*datamodule.class_names, "ignored (255)"]):
+    for i, name in enumerate([*datamodule.class_names, f"ignored ({datamodule.ignore_index})"]):
         table.add_row(name, *[column[i] for column in columns])
     console.print(table)
     for problem in all_problems:

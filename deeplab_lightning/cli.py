@@ -52,7 +52,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 class DeepLabCLI(LightningCLI):
-    """Links the data module's ``num_classes`` and ``class_names`` into the model.
+    """Links the data module's ``num_classes``, ``class_names`` and ``ignore_index`` into the model.
 
     With ``--ckpt_path`` the model is built from the config and command line, not from the checkpoint's saved
     hyperparameters (LightningCLI's default would silently override them): evaluating a model trained at
@@ -63,6 +63,7 @@ class DeepLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         return None

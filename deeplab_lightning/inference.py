@@ -49,13 +49,32 @@ def sliding_window(model: Model, images: torch.Tensor, window: int | Sequence[in
     return total / count
 
 
+def scaled_size(size: Sequence[int], scale: float, align_corners: bool) -> tuple[int, int]:
+    """(H, W) of an image of ``size`` resized by ``scale``. With ``align_corners`` the TF reference's
+    ``(dim - 1) * scale + 1`` (a 513 = 16 * 32 + 1 image at 0.5 gives 257 = 16 * 16 + 1, still corner-aligned
+    with the network's features), else ``round(dim * scale)``."""
+    if align_corners:
+        return tuple(max(1, int((d - 1) * scale + 1)) for d in size)  # type: ignore[return-value]
+    return tuple(max(1, round(d * scale)) for d in size)  # type: ignore[return-value]
+
+
+def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """Bilinear resize of [N,C,H,W] to ``size`` (a no-op at the same size; integer images become float)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    x = x if x.is_floating_point() else x.float()
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
 def predict_multiscale(model: Model, images: torch.Tensor,
                        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True, *,
-                       window: int | Sequence[int] | None = None, overlap: float = 1 / 3) -> torch.Tensor:
+                       window: int | Sequence[int] | None = None, overlap: float = 1 / 3,
+                       align_corners: bool = False) -> torch.Tensor:
     """Softmax probabilities [N,C,H,W] averaged over ``scales`` (and their left-right flips) at the input size.
 
-    Each scaled batch is resized bilinearly; with ``flip`` the mirrored copy runs in the same forward batch
-    as the original (one forward per scale). With ``window`` each forward is a :func:`sliding_window`.
+    Each scaled batch is resized bilinearly (with the network's ``align_corners`` geometry, see
+    :func:`scaled_size`); with ``flip`` the mirrored copy runs in the same forward batch as the original (one
+    forward per scale). With ``window`` each forward is a :func:`sliding_window`.
     ``scales=(1.0,), flip=False`` equals ``softmax(model(images))``.
     """
     if not scales:
@@ -64,21 +83,19 @@ def predict_multiscale(model: Model, images: torch.Tensor,
     forward = model if window is None else (lambda x: sliding_window(model, x, window, overlap))
     total = None
     for scale in scales:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        x = resize(images, scaled_size((h, w), scale, align_corners), align_corners)
         if flip:
             x = torch.cat([x, x.flip(-1)])
         probs = forward(x).float().softmax(dim=1)
         if flip:
             probs = probs[:n] + probs[n:].flip(-1)
-        if probs.shape[-2:] != (h, w):
-            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        probs = resize(probs, (h, w), align_corners)
         total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
 
 
-def msc_max_fusion(model: Model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.75, 0.5)
-                   ) -> list[torch.Tensor]:
+def msc_max_fusion(model: Model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.75, 0.5), *,
+                   align_corners: bool = False) -> list[torch.Tensor]:
     """DeepLab V2's multi-scale inputs with max fusion ("MSC", V2 section 4.1), in training and test.
 
     The shared network runs on the images at each scale; its logits are resized to the input size and fused by
@@ -90,10 +107,6 @@ def msc_max_fusion(model: Model, images: torch.Tensor, scales: Sequence[float] =
     h, w = images.shape[-2:]
     outputs = []
     for scale in scales:
-        x = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
-                                                     align_corners=False)
-        logits = model(x)
-        if logits.shape[-2:] != (h, w):
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        outputs.append(logits)
+        logits = model(resize(images, scaled_size((h, w), scale, align_corners), align_corners))
+        outputs.append(resize(logits, (h, w), align_corners))
     return [torch.stack(outputs).amax(0), *outputs]

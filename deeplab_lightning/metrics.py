@@ -36,8 +36,8 @@ class SegmentationMetrics(Metric):
         n = self.num_classes
         target = target.long()
         # ignore_index (and any label outside [0, n), which the data loaders reject) goes to a discarded bin,
-        # never into another class's cell.
-        valid = (target >= 0) & (target < n)
+        # never into another class's cell; ignore_index may also be a class index (a dataset whose void is 0).
+        valid = (target != self.ignore_index) & (target >= 0) & (target < n)
         index = torch.where(valid, target * n + preds.long(), n * n).flatten()
         counts = torch.zeros(n * n + 1, dtype=torch.long, device=preds.device)
         counts.index_add_(0, index, torch.ones_like(index))

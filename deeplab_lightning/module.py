@@ -101,14 +101,16 @@ class SegmentationModule(L.LightningModule):
         sync_batchnorm: synchronise BatchNorm statistics across processes. None (default): on when training
             on more than one GPU, off otherwise (PyTorch's SyncBatchNorm runs on GPUs only). The papers compute
             BN statistics over the whole batch (V3 section 4.1); under DDP only SyncBN does that.
-        ignore_index: label excluded from the loss and the metrics (255 in VOC and Cityscapes).
+        ignore_index: label excluded from the loss and the metrics (linked from the data module's
+            ``ignore_index`` by the command line; 255 in VOC and Cityscapes).
         class_names: names used for the per-class IoU logs (linked from the data module).
 
     With ``seed_everything`` the global random state is re-seeded from (seed, rank, step) before every
     training step, so dropout draws the same masks in a run resumed from a checkpoint.
 
-    Batches are dicts with ``"image"`` float [N,3,H,W] and ``"mask"`` long [N,H,W]; evaluation batches may
-    hold padded images of different sizes, described by ``"size"`` long [N,2] (each image's own H, W).
+    Batches are dicts with ``"image"`` [N,3,H,W] RGB in [0, 255] (uint8 from the data modules; the network
+    normalises it) and ``"mask"`` long [N,H,W]; padded batches describe each image's own H, W in ``"size"``
+    long [N,2] and set ``"padded"`` (see :meth:`fill_padding`).
     """
 
     def __init__(
@@ -190,11 +192,28 @@ class SegmentationModule(L.LightningModule):
     def _net(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
 
+    @property
+    def align_corners(self) -> bool:
+        """The network's resizing geometry, used by every resize around it (multi-scale, MSC)."""
+        return getattr(self.net, "align_corners", False)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [N,C,H,W] (max-fused over ``msc_scales`` when set)."""
+        """Logits [N,C,H,W] of RGB images in [0, 255] (max-fused over ``msc_scales`` when set)."""
         if self.hparams.msc_scales:
-            return msc_max_fusion(self._net, images, self.hparams.msc_scales)[0]
+            return msc_max_fusion(self._net, images, self.hparams.msc_scales, align_corners=self.align_corners)[0]
         return self._net(images)
+
+    def fill_padding(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's images [N,3,H,W], with the canvas beyond each image's ``size`` filled with the
+        network's mean pixel (``net.pixel_mean``, which it normalises to zero), as the TF reference pads."""
+        images = batch["image"]
+        mean = getattr(self.net, "pixel_mean", None)
+        if not batch.get("padded", False) or mean is None:
+            return images
+        sizes = batch["size"]
+        rows = torch.arange(images.shape[-2], device=images.device)[None, :, None] < sizes[:, 0, None, None]
+        cols = torch.arange(images.shape[-1], device=images.device)[None, None, :] < sizes[:, 1, None, None]
+        return torch.where((rows & cols)[:, None], images, mean)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the non-ignored pixels of the batch (0, not NaN, when all are ignored)."""
@@ -202,11 +221,12 @@ class SegmentationModule(L.LightningModule):
         return loss / (mask != self.hparams.ignore_index).sum().clamp_min(1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        images = self.fill_padding(batch)
         if self.hparams.msc_scales:
-            outputs = msc_max_fusion(self._net, batch["image"], self.hparams.msc_scales)
+            outputs = msc_max_fusion(self._net, images, self.hparams.msc_scales, align_corners=self.align_corners)
             loss = sum(self.loss(logits, batch["mask"]) for logits in outputs)
         else:
-            loss = self.loss(self(batch["image"]), batch["mask"])
+            loss = self.loss(self(images), batch["mask"])
         step = self.global_step
 
         def where() -> str:
@@ -262,7 +282,7 @@ class SegmentationModule(L.LightningModule):
         out = []
         for i, lg in enumerate(scores):
             h, w = lg.shape[-2:]
-            image = batch["raw_image"][i, :, :h, :w].permute(1, 2, 0).contiguous()
+            image = batch["image"][i, :, :h, :w].permute(1, 2, 0).contiguous()
             out.append(self.refine(image, lg.float().softmax(0)).clamp_min(1e-12).log())
         return out
 

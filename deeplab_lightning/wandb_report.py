@@ -10,9 +10,9 @@ from lightning.pytorch.loggers import WandbLogger
 from .plots import confusion_matrix_figure
 
 
-def _pad_to_common_size(samples: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Pad (id, image [H,W,3], pred [H,W], mask [H,W]) to the largest H, W (black image, labels 255 =
-    ignore): wandb shows a list of images in one panel only when they share a size."""
+def _pad_to_common_size(samples: list[tuple[Any, ...]], ignore_index: int) -> list[tuple[Any, ...]]:
+    """Pad (id, image [H,W,3], pred [H,W], mask [H,W]) to the largest H, W (black image, labels
+    ``ignore_index``): wandb shows a list of images in one panel only when they share a size."""
     if not samples:
         return samples
     h = max(s[1].shape[0] for s in samples)
@@ -22,7 +22,7 @@ def _pad_to_common_size(samples: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]
         widths = [(0, h - a.shape[0]), (0, w - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
         return np.pad(a, widths, constant_values=fill)
 
-    return [(i, pad(image, 0), pad(pred, 255), pad(mask, 255)) for i, image, pred, mask in samples]
+    return [(i, pad(image, 0), pad(pred, ignore_index), pad(mask, ignore_index)) for i, image, pred, mask in samples]
 
 
 class WandbReport(L.Callback):
@@ -52,7 +52,7 @@ class WandbReport(L.Callback):
             if len(self.samples) >= self.num_images:
                 return
             h, w = pred.shape
-            image = batch["raw_image"][i, :, :h, :w].permute(1, 2, 0).cpu().numpy()
+            image = batch["image"][i, :, :h, :w].permute(1, 2, 0).cpu().numpy()
             self.samples.append((batch["id"][i], image, pred.cpu().numpy(), batch["mask"][i, :h, :w].cpu().numpy()))
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -80,7 +80,8 @@ class WandbReport(L.Callback):
         import wandb
 
         names = list(pl_module.class_names)
-        labels = dict(enumerate(names)) | {255: "ignore"}
+        ignore = pl_module.hparams.ignore_index
+        labels = dict(enumerate(names)) | {ignore: "ignore"}
         iou = wandb.Table(columns=["class", "IoU"], data=[[n, float(v)] for n, v in zip(names, results["iou"])])
         confmat = results["confmat"]
         figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {trainer.global_step})")
@@ -95,7 +96,7 @@ class WandbReport(L.Callback):
                 wandb.Image(image, caption=sample_id, masks={
                     "prediction": {"mask_data": pred, "class_labels": labels},
                     "ground_truth": {"mask_data": mask, "class_labels": labels}})
-                for sample_id, image, pred, mask in _pad_to_common_size(self.samples)],
+                for sample_id, image, pred, mask in _pad_to_common_size(self.samples, ignore)],
         }
         logger.experiment.log(media | {"trainer/global_step": trainer.global_step})
         self.samples = []

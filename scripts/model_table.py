@@ -1,24 +1,25 @@
 """Print (or write into README.md) the table of DeepLab variants: backbone, output stride, atrous rates,
-parameters and GFLOPs at 513x513. FLOPs are counted on the meta device (no memory, no time), one multiply-add
-counted as 2 FLOPs, forward pass, batch 1, 21 classes.
+parameters and multiply-adds at 513x513 beside the V3+ paper's; then every paper row at output stride 16 and 8,
+and the ResNet-101 gap stage by stage. Multiply-adds (conv and matmul, forward, batch 1, 21 classes) are
+counted on the meta device (no memory, no time).
 
-    python scripts/model_table.py              # print the Markdown table
-    python scripts/model_table.py --readme     # also replace the table between the markers in README.md
+    python scripts/model_table.py              # print the Markdown tables
+    python scripts/model_table.py --readme     # also replace the tables between their markers in README.md
     python scripts/model_table.py --check      # also run forward + backward at 513x513 on the CPU (slow)
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab_lightning.models import create_model, list_models
+from deeplab_lightning.models.analysis import PAPER_MULTIPLY_ADDS, multiply_adds
 
-BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
 
 
 def rates(model: torch.nn.Module) -> str:
@@ -38,14 +39,100 @@ def backbone_name(model: torch.nn.Module) -> str:
     return {"VGG16Backbone": "VGG-16 atrous", "Xception65Backbone": "aligned Xception-65"}[type(backbone).__name__]
 
 
-def row(name: str) -> list[str]:
+def _meta_model(name: str, output_stride: int | None = None) -> torch.nn.Module:
     with torch.device("meta"):
-        model = create_model(name, num_classes=21).eval()
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        with FlopCounterMode(display=False) as counter:
-            model(torch.empty(1, 3, 513, 513))
+        return create_model(name, num_classes=21, output_stride=output_stride).eval()
+
+
+def row(name: str) -> list[str]:
+    model = _meta_model(name)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    paper = PAPER_MULTIPLY_ADDS.get((name, model.output_stride))
     return [f"`{name}`", backbone_name(model), str(model.output_stride), rates(model), f"{params:.1f}",
-            f"{counter.get_total_flops() / 1e9:.0f}"]
+            f"{multiply_adds(model):.2f}", f"{paper:.2f}" if paper else ""]
+
+
+def tf_resnet101_beta_macs(output_stride: int, decoder: bool, size: int = 513, classes: int = 21
+                           ) -> dict[str, float]:
+    """Multiply-adds (billions) per stage of the TF reference's ResNet-101 DeepLab, from its layer list:
+    ``resnet_v1_101_beta`` (stem of three 3x3 convs, 64-64-128) with each block's stride in its *last* unit
+    (TF-slim's ``resnet_v1``), 'SAME' padding, then the same ASPP and decoder as ours. An analytic count; the
+    same function with a 7x7 stem and strides in the first unit gives exactly what FlopCounterMode measures
+    on this project's networks (checked in :func:`gap_table`)."""
+    return _resnet101_macs(output_stride, decoder, size, classes, tf_geometry=True)
+
+
+def _resnet101_macs(output_stride: int, decoder: bool, size: int, classes: int, tf_geometry: bool
+                    ) -> dict[str, float]:
+    macs: dict[str, float] = {}
+
+    def conv(stage: str, h: int, k: int, cin: int, cout: int) -> None:
+        macs[stage] = macs.get(stage, 0.0) + h * h * k * k * cin * cout / 1e9
+
+    h = math.ceil(size / 2)
+    if tf_geometry:
+        for cin, cout in ((3, 64), (64, 64), (64, 128)):
+            conv("stem", h, 3, cin, cout)
+    else:
+        conv("stem", h, 7, 3, 64)
+    cin, h, stride, low_h = (128 if tf_geometry else 64), math.ceil(h / 2), 4, 0
+    for b, (base, units) in enumerate(((64, 3), (128, 4), (256, 23), (512, 3))):
+        stage, depth = f"block{b + 1}", 4 * base
+        for u in range(units):
+            strided = (u == units - 1 if tf_geometry else u == 0 and b > 0) and b < 3 and 2 * stride <= output_stride
+            out_h = math.ceil(h / 2) if strided else h
+            if cin != depth:
+                conv(stage, out_h, 1, cin, depth)  # projection shortcut
+            conv(stage, h, 1, cin, base)  # TF and torchvision: the stride is in the 3x3 conv
+            conv(stage, out_h, 3, base, base)
+            conv(stage, out_h, 1, base, depth)
+            if b == 0:
+                low_h = out_h if not tf_geometry or u < units - 1 else low_h  # TF taps block1/unit_2
+            h, cin, stride = out_h, depth, stride * (2 if strided else 1)
+    conv("ASPP", h, 1, 2048, 256)
+    for _ in range(3):
+        conv("ASPP", h, 3, 2048, 256)
+    conv("ASPP", 1, 1, 2048, 256)
+    conv("ASPP", h, 1, 5 * 256, 256)
+    if decoder:
+        conv("decoder", low_h, 1, 256, 48)
+        conv("decoder", low_h, 3, 256 + 48, 256)
+        conv("decoder", low_h, 3, 256, 256)
+        conv("decoder", low_h, 1, 256, classes)
+    else:
+        conv("ASPP", h, 1, 256, classes)
+    return macs
+
+
+def paper_table() -> str:
+    """Every row of the V3+ paper's multiply-add tables: the paper's value, ours, and the TF geometry's."""
+    lines = ["| model | output stride | V3+ paper (B) | ours (B) | ours / paper | TF geometry, counted (B) |",
+             "|---|---|---|---|---|---|"]
+    for (name, output_stride), paper in PAPER_MULTIPLY_ADDS.items():
+        ours = multiply_adds(_meta_model(name, output_stride))
+        tf = (f"{sum(tf_resnet101_beta_macs(output_stride, 'plus' in name).values()):.2f}"
+              if "resnet" in name else "")
+        lines.append(f"| `{name}` | {output_stride} | {paper:.2f} | {ours:.2f} | {ours / paper:.3f} | {tf} |")
+    return "\n".join(lines)
+
+
+def gap_table() -> str:
+    """ResNet-101 V3+ stage by stage: ours (measured) vs the TF reference's geometry (counted)."""
+    lines = ["| stage | ours OS16 (B) | TF geometry OS16 (B) | ours OS8 (B) | TF geometry OS8 (B) |",
+             "|---|---|---|---|---|"]
+    columns = []
+    for output_stride in (16, 8):
+        by_module = multiply_adds(_meta_model("deeplabv3plus_resnet101", output_stride), by_module=True)
+        ours = {"stem": by_module["backbone.conv1"], "ASPP": by_module["aspp"], "decoder": by_module["decoder"]}
+        ours |= {f"block{i}": by_module[f"backbone.layer{i}"] for i in range(1, 5)}
+        counted = _resnet101_macs(output_stride, True, 513, 21, tf_geometry=False)
+        if any(abs(counted[k] - ours[k]) > 1e-6 for k in ours):
+            raise AssertionError(f"the analytic count {counted} disagrees with the measured {ours}")
+        columns += [ours, tf_resnet101_beta_macs(output_stride, True)]
+    for stage in ("stem", "block1", "block2", "block3", "block4", "ASPP", "decoder", "total"):
+        cells = [sum(c.values()) if stage == "total" else c[stage] for c in columns]
+        lines.append(f"| {stage} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+    return "\n".join(lines)
 
 
 def check(name: str, size: int = 513) -> str:
@@ -60,7 +147,8 @@ def check(name: str, size: int = 513) -> str:
 
 
 def table(run_check: bool = False) -> str:
-    header = ["name", "backbone", "output stride (train)", "atrous rates", "params (M)", "GFLOPs @513"]
+    header = ["name", "backbone", "output stride (train)", "atrous rates", "params (M)", "multiply-adds @513 (B)",
+              "V3+ paper (B)"]
     header += ["CPU fwd+bwd 2x513² (s)"] if run_check else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in list_models():
@@ -75,14 +163,18 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--check", action="store_true", help="run forward + backward at 513x513 (CPU, slow)")
     args = parser.parse_args()
-    text = table(args.check)
+    tables = {"model-table": table(args.check), "macs-table": paper_table() + "\n\n" + gap_table()}
+    print(tables["macs-table"])
     if args.readme:
         readme = Path(__file__).resolve().parents[1] / "README.md"
         content = readme.read_text()
-        if BEGIN not in content:
-            raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
-        new = re.sub(f"{re.escape(BEGIN)}.*?{re.escape(END)}", f"{BEGIN}\n{text}\n{END}", content, flags=re.S)
-        readme.write_text(new)
+        for marker, text in tables.items():
+            begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+            if begin not in content:
+                raise SystemExit(f"{readme} has no {begin} ... {end} markers")
+            content = re.sub(f"{re.escape(begin)}.*?{re.escape(end)}", f"{begin}\n{text}\n{end}", content,
+                             flags=re.S)
+        readme.write_text(content)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,43 @@ def test_predict_on_a_folder_writes_palette_pngs_and_overlays(tmp_path, toy_dir,
         assert set(np.unique(np.array(labels)).tolist()) <= set(range(6))
         assert Image.open(out / "overlays" / f"{stem}.jpg").size == (2 * source.size[0], source.size[1])
     assert not (out / "notes.png").exists()
+
+
+@pytest.mark.parametrize("arch,mean,std", [
+    ("deeplabv3plus_xception65", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1], as the TF weights expect
+    ("deeplabv3plus_resnet18", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's ImageNet weights
+])
+def test_validate_feeds_the_first_convolution_the_range_its_weights_expect(
+        tmp_path, toy_dir, toy_settings, monkeypatch, arch, mean, std):
+    seen = []
+    forward = torch.nn.Conv2d.forward
+
+    def recording(conv, x):
+        if conv.in_channels == 3:  # only the backbone's first convolution takes RGB
+            seen.append(x.detach().clone())
+        return forward(conv, x)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording)
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    cli = main(["validate", "--config", str(config), "--model.arch", arch, "--data.init_args.val_batch_size", "1"])
+    first = cli.datamodule.dataset("val")[0]["image"].float() / 255  # the first validation image, RGB in [0, 1]
+    expected = (first - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert len(seen) == 6 and torch.allclose(seen[0][0], expected, atol=1e-5)
+
+
+def test_the_data_modules_ignore_label_reaches_loss_metrics_and_padding(tmp_path, toy_dir, toy_settings,
+                                                                        monkeypatch):
+    from deeplab_lightning.data import ToyVOCDataModule
+
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    args = ["validate", "--config", str(config), "--data.init_args.val_batch_size", "3"]
+    reference = main(args).trainer.callback_metrics
+    void_254 = np.arange(256, dtype=np.uint8)
+    void_254[255] = 254  # the toy masks' void pixels read as 254
+    monkeypatch.setattr(ToyVOCDataModule, "label_map", void_254, raising=False)
+    monkeypatch.setattr(ToyVOCDataModule, "ignore_index", 254, raising=False)
+    cli = main(args)
+    assert cli.model.hparams.ignore_index == 254 and cli.model.val_metrics.ignore_index == 254
+    assert cli.datamodule.val_dataloader().collate_fn.keywords["ignore_index"] == 254
+    for key in ("val/mIoU", "val/loss"):  # the same pixels ignored under another label
+        assert cli.trainer.callback_metrics[key].item() == pytest.approx(reference[key].item(), abs=1e-6)

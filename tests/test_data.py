@@ -5,7 +5,7 @@ from PIL import Image
 
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule, VOCDataModule, generate_toy_voc, pad_collate
 from deeplab_lightning.data.dataset import SegmentationDataset, Sample, read_mask
-from deeplab_lightning.data.transforms import MEAN_PIXEL
+from deeplab_lightning.module import SegmentationModule
 
 
 def test_toy_dataset_has_voc_layout_and_is_read_by_the_voc_module(toy_dir, toy_settings):
@@ -42,16 +42,26 @@ def test_missing_voc_folder_names_the_expected_layout(tmp_path):
     assert "nowhere" in message and "JPEGImages" in message and "SegmentationClass" in message
 
 
-def test_train_samples_are_cropped_and_padded_with_ignore(toy_dir, toy_settings):
-    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=96, scale_range=(0.5, 0.5), num_workers=0)
+@pytest.mark.parametrize("arch,mean_pixel", [("deeplabv3plus_resnet18", (123.675, 116.28, 103.53)),
+                                              ("deeplabv3plus_xception65", (127.5, 127.5, 127.5))])
+def test_train_batches_are_padded_to_the_crop_with_the_networks_mean_pixel_and_ignore(
+        toy_dir, toy_settings, arch, mean_pixel):
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=96, scale_range=(0.5, 0.5), batch_size=2,
+                          num_workers=0)
     sample = dm.dataset("train", train=True)[0]
-    assert sample["image"].shape == (3, 96, 96) and sample["image"].dtype == torch.float32
-    assert sample["mask"].dtype == torch.long
-    # Images of 64-80 px scaled by 0.5 are smaller than the crop: over half of it is padding, whose label is
-    # void (never a class) and whose pixels are the mean colour.
-    pad = (sample["raw_image"] == torch.tensor(MEAN_PIXEL, dtype=torch.uint8).view(3, 1, 1)).all(0)
-    assert pad.float().mean() > 0.5
-    assert (sample["mask"][pad] == 255).all()
+    assert sample["image"].dtype == torch.uint8 and max(sample["image"].shape[-2:]) <= 40
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 96, 96) and batch["mask"].dtype == torch.long and batch["padded"]
+    # Images of 64-80 px scaled by 0.5 are smaller than the crop: the rest of the crop is padding, whose label
+    # is void (never a class) and whose pixels become the network's mean pixel (0 after its normalisation).
+    module = SegmentationModule(arch, num_classes=len(TOY_CLASSES), model_kwargs={"aspp_channels": 8})
+    filled = module.fill_padding(batch)
+    for i, (h, w) in enumerate(batch["size"].tolist()):
+        assert torch.equal(filled[i, :, :h, :w], batch["image"][i, :, :h, :w].float())
+        for region in (filled[i, :, h:, :], filled[i, :, :, w:]):
+            assert torch.allclose(region, torch.tensor(mean_pixel).view(3, 1, 1).expand_as(region))
+            assert module.net.normalize(region[None]).abs().max() < 1e-5
+        assert (batch["mask"][i, h:] == 255).all() and (batch["mask"][i, :, w:] == 255).all()
 
 
 def test_eval_samples_keep_full_resolution(toy_dir, toy_settings):
@@ -66,15 +76,19 @@ def test_eval_samples_keep_full_resolution(toy_dir, toy_settings):
 
 
 def test_pad_collate_pads_masks_with_ignore_and_records_sizes():
-    a = {"image": torch.ones(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.long),
-         "raw_image": torch.ones(3, 4, 5, dtype=torch.uint8), "id": "a", "size": torch.tensor([4, 5])}
-    b = {"image": torch.ones(3, 6, 3), "mask": torch.ones(6, 3, dtype=torch.long),
-         "raw_image": torch.ones(3, 6, 3, dtype=torch.uint8), "id": "b", "size": torch.tensor([6, 3])}
+    a = {"image": torch.ones(3, 4, 5, dtype=torch.uint8), "mask": torch.zeros(4, 5, dtype=torch.long), "id": "a",
+         "size": torch.tensor([4, 5])}
+    b = {"image": torch.ones(3, 6, 3, dtype=torch.uint8), "mask": torch.ones(6, 3, dtype=torch.long), "id": "b",
+         "size": torch.tensor([6, 3])}
     batch = pad_collate([a, b])
-    assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5)
+    assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5) and batch["padded"]
     assert (batch["mask"][0, 4:] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
-    assert batch["image"][0, :, 4:].abs().sum() == 0
+    assert batch["image"][0, :, 4:].sum() == 0
     assert batch["size"].tolist() == [[4, 5], [6, 3]] and batch["id"] == ["a", "b"]
+    canvas = pad_collate([a], size=(8, 9), ignore_index=0)
+    assert canvas["image"].shape == (1, 3, 8, 9) and canvas["padded"]
+    assert (canvas["mask"][0, 4:] == 0).all() and (canvas["mask"][0, :, 5:] == 0).all()
+    assert not pad_collate([a])["padded"]
 
 
 def test_bad_labels_and_sizes_name_the_file(tmp_path):

@@ -139,7 +139,7 @@ def test_augmentation_keeps_image_and_mask_aligned(tmp_path):
                 for dx in range(5):
                     interior &= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]] == mask
             interior &= mask != 255
-            decoded = (sample["raw_image"][0].float() / 12).round().long()
+            decoded = (sample["image"][0].float() / 12).round().long()
             assert torch.equal(decoded[interior], mask[interior])
             checked += int(interior.sum())
     assert checked > 10_000

@@ -65,3 +65,10 @@ def test_logits_are_argmaxed_and_out_of_range_labels_never_count():
     metric.update(logits, target)
     assert metric.confmat.sum().item() == 1
     assert metric.confmat[2, 2].item() == 1
+
+
+def test_ignore_index_is_read_even_inside_the_class_range():
+    # A dataset whose void label is 0: those pixels are skipped, not counted as class 0.
+    metric = SegmentationMetrics(num_classes=3, ignore_index=0)
+    metric.update(torch.tensor([[1, 1, 2, 0]]), torch.tensor([[0, 1, 2, 2]]))
+    assert metric.confmat.tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1]]

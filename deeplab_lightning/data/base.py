@@ -4,15 +4,16 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from functools import partial
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .dataset import Sample, SegmentationDataset, pad_collate
+from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, pad_collate
 from .sampling import EvalSampler, TrainSampler, per_process_batch
-from .transforms import train_transform
+from .transforms import crop_pair, train_transform
 
 # Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
 # sampler here continues exactly from the restored loop progress instead (see TrainSampler).
@@ -20,10 +21,14 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Base class: subclasses define ``class_names``, ``palette`` and ``samples(split)``.
+    """Base class: subclasses define ``class_names``, ``palette`` and ``samples(split)``, and may declare
+    another ``ignore_index`` (the void label, 255 here), which the command links into the model: loss,
+    metrics, padding and reports use this one value.
 
-    Training crops are random-scaled, padded (mask with 255), cropped and flipped; validation and test use
-    full images at their original resolution (no crop, no resize of the labels).
+    Training crops are random-scaled, cropped, flipped and padded to the crop size (mask with the ignore
+    label; the module fills the image padding with the network's mean pixel); validation and test use full
+    images at their original resolution (no crop, no resize of the labels). Images reach the model as uint8
+    RGB: the network normalises them for its backbone.
 
     Under DDP each process reads its own shard: training by :class:`TrainSampler` (order and augmentation
     a function of seed, epoch and position, so a run resumed mid-epoch continues with the very batches it
@@ -43,6 +48,7 @@ class SegmentationDataModule(L.LightningDataModule):
     class_names: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] = ()
     label_map: np.ndarray | None = None  # raw label id -> train id lookup table (Cityscapes)
+    ignore_index: int = IGNORE_INDEX
 
     def __init__(
         self,
@@ -60,7 +66,7 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
-        self.crop_size = crop_size
+        self.crop_size = crop_pair(crop_size)
         self.scale_range = scale_range
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
@@ -77,7 +83,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         transform = train_transform(self.crop_size, self.scale_range) if train else None
-        return SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map)
+        return SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map,
+                                   self.ignore_index)
 
     def _process_group(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -112,7 +119,8 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=pad_collate,
+            collate_fn=partial(pad_collate, size=self.crop_size if train else None,
+                               ignore_index=self.ignore_index),
         )
 
     def train_dataloader(self) -> DataLoader:

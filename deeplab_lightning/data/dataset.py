@@ -13,9 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .transforms import normalize
-
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # the void label of VOC and Cityscapes; data modules may declare another
 
 
 @dataclass(frozen=True)
@@ -73,11 +71,13 @@ def _read_label_array(path: Path) -> np.ndarray:
         return np.array(img, dtype=np.uint8)
 
 
-def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None) -> torch.Tensor:
-    """Labels uint8 [H, W] from a palette or grayscale PNG of class indices (255 = ignore), or an SBD .mat.
+def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None,
+              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Labels uint8 [H, W] from a palette or grayscale PNG of class indices, or an SBD .mat.
 
     ``label_map`` (a 256-entry lookup table) maps raw ids to train ids first (Cityscapes). Any label outside
-    [0, num_classes) other than 255 raises, naming the file: a silently wrong label is worse than a crash.
+    [0, num_classes) other than ``ignore_index`` raises, naming the file: a silently wrong label is worse than
+    a crash.
     """
     try:
         labels = _read_label_array(path)
@@ -85,20 +85,20 @@ def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None)
         raise ValueError(f"Cannot read label map {path}: {err}") from err
     if label_map is not None:
         labels = label_map[labels]
-    bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
+    bad = (labels >= num_classes) & (labels != ignore_index)
     if bad.any():
         values = sorted(set(np.unique(labels[bad]).tolist()))
         raise ValueError(f"Label map {path} has values {values[:10]} outside [0, {num_classes}) and not "
-                         f"{IGNORE_INDEX} (ignore); check num_classes and the label encoding")
+                         f"{ignore_index} (ignore); check num_classes and the label encoding")
     return torch.from_numpy(labels)
 
 
 class SegmentationDataset(Dataset):
     """Loads ``samples`` and returns dicts:
 
-    ``image`` float [3,H,W] (ImageNet-normalised), ``mask`` long [H,W] (all 255 without labels),
-    ``raw_image`` uint8 [3,H,W] (the un-normalised image, for CRF and visualisation), ``id`` str and
-    ``size`` long [2] (H, W after transforms).
+    ``image`` uint8 [3,H,W] (RGB; the network normalises it, see :class:`~deeplab_lightning.models.DeepLab`),
+    ``mask`` long [H,W] (all ``ignore_index`` without labels), ``id`` str and ``size`` long [2] (H, W after
+    transforms).
     ``transform`` is a joint transforms.v2 callable over (tv_tensors.Image, tv_tensors.Mask).
     An item may be fetched as ``dataset[(index, seed)]`` (what :class:`TrainSampler` yields): the random
     transforms then draw from a generator seeded with ``seed``, so augmentation does not depend on the
@@ -106,13 +106,14 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], num_classes: int, transform: Callable | None = None,
-                 label_map: np.ndarray | None = None) -> None:
+                 label_map: np.ndarray | None = None, ignore_index: int = IGNORE_INDEX) -> None:
         if not samples:
             raise ValueError("The split is empty: its list names no images")
         self.samples = list(samples)
         self.num_classes = num_classes
         self.transform = transform
         self.label_map = label_map
+        self.ignore_index = ignore_index
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -122,9 +123,9 @@ class SegmentationDataset(Dataset):
         sample = self.samples[index]
         image = read_image(sample.image)
         if sample.mask is None:
-            mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
+            mask = torch.full(image.shape[-2:], self.ignore_index, dtype=torch.uint8)
         else:
-            mask = read_mask(sample.mask, self.num_classes, self.label_map)
+            mask = read_mask(sample.mask, self.num_classes, self.label_map, self.ignore_index)
         if image.shape[-2:] != mask.shape:
             raise ValueError(f"Image {sample.image} is {tuple(image.shape[-2:])} (H, W) but its label map "
                              f"{sample.mask} is {tuple(mask.shape)}")
@@ -132,23 +133,28 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             with _seeded(seed):
                 image, mask = self.transform(image, mask)
-        raw = image.as_subclass(torch.Tensor)
+        image = image.as_subclass(torch.Tensor)
         return {
-            "image": normalize(raw),
+            "image": image,
             "mask": mask.as_subclass(torch.Tensor).long(),
-            "raw_image": raw,
             "id": sample.id,
-            "size": torch.tensor(raw.shape[-2:]),
+            "size": torch.tensor(image.shape[-2:]),
         }
 
 
-def pad_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples, padding to the largest H and W: images with 0 (the normalised mean), masks with 255.
+def pad_collate(batch: list[dict[str, Any]], size: tuple[int, int] | None = None,
+                ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
+    """Stack samples at the top-left of one canvas: ``size`` (H, W), grown to the largest image if that is
+    larger, or the largest H and W when ``size`` is None. Images are padded with 0, masks with ``ignore_index``.
 
-    ``size`` keeps each image's own size, so evaluation can undo the padding exactly.
+    ``size`` [N, 2] keeps each image's own size, so the module fills the image padding with the network's
+    mean pixel and evaluation can undo the padding exactly; ``padded`` (a bool) says whether any image is
+    smaller than the canvas.
     """
     h = max(s["image"].shape[-2] for s in batch)
     w = max(s["image"].shape[-1] for s in batch)
+    if size is not None:
+        h, w = max(h, size[0]), max(w, size[1])
 
     def stack(key: str, fill: float) -> torch.Tensor:
         first = batch[0][key]
@@ -157,10 +163,11 @@ def pad_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
             out[i, ..., : s[key].shape[-2], : s[key].shape[-1]] = s[key]
         return out
 
+    sizes = torch.stack([s["size"] for s in batch])
     return {
-        "image": stack("image", 0.0),
-        "mask": stack("mask", IGNORE_INDEX),
-        "raw_image": stack("raw_image", 0),
+        "image": stack("image", 0),
+        "mask": stack("mask", ignore_index),
         "id": [s["id"] for s in batch],
-        "size": torch.stack([s["size"] for s in batch]),
+        "size": sizes,
+        "padded": bool((sizes != torch.tensor([h, w])).any()),
     }

@@ -9,11 +9,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Crop padding of the image: the mean colour, which normalises to ~0 (DeepLab pads with the mean pixel).
-MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)
-
 
 class RandomScale(v2.Transform):
     """Resize image and mask by one factor drawn uniformly from ``scale_range`` (DeepLab: 0.5 to 2.0).
@@ -40,19 +35,44 @@ class RandomScale(v2.Transform):
         return TF.resize(inpt, size, antialias=True)
 
 
+class RandomCropWithin(v2.Transform):
+    """A random ``crop_size`` window of image and mask, clipped to the image: [.., H, W] -> [.., min(H, ch),
+    min(W, cw)].
+
+    Nothing is padded here: the collate function pads each batch to the crop size at the bottom and right (the
+    mask with the ignore label) and the network's module fills the image padding with its backbone's mean
+    pixel, as the TF reference pads to the crop at the top-left corner before cropping.
+    """
+
+    def __init__(self, crop_size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.crop_size = crop_pair(crop_size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(h, self.crop_size[0]), min(w, self.crop_size[1])
+        top = int(torch.randint(h - ch + 1, ())) if h > ch else 0
+        left = int(torch.randint(w - cw + 1, ())) if w > cw else 0
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        return TF.crop(inpt, **params)
+
+
+def crop_pair(crop_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) of a crop given as an int or a pair; raises unless both are positive."""
+    pair = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"crop_size must be a positive int or [height, width], got {crop_size!r}")
+    return pair  # type: ignore[return-value]
+
+
 def train_transform(crop_size: int | Sequence[int], scale_range: Sequence[float] = (0.5, 2.0),
                     hflip: bool = True) -> v2.Compose:
-    """Random scale -> pad to the crop (image: mean pixel, mask: 255) -> random crop -> horizontal flip."""
-    fill = {tv_tensors.Image: MEAN_PIXEL, tv_tensors.Mask: 255}
-    steps: list[v2.Transform] = [RandomScale(scale_range), v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill)]
+    """Random scale -> random crop (at most ``crop_size``, see :class:`RandomCropWithin`) -> horizontal flip."""
+    steps: list[v2.Transform] = [RandomScale(scale_range), RandomCropWithin(crop_size)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
-
-
-def normalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float32 normalised with the ImageNet statistics."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (image.float() / 255.0 - mean_t) / std_t

@@ -32,8 +32,9 @@ def from_torchvision(tv_model: nn.Module) -> DeepLabV3:
 
     torchvision fixes output stride 8 with rates (12, 24, 36), dilates the first unit of each dilated stage
     at the previous rate, adds a 3x3 conv before the classifier and uses dropout 0.5 after the ASPP
-    projection; the converted model keeps all of these (its conv geometry is copied), so it gives the same
-    outputs in eval mode. The auxiliary FCN head, if any, is dropped.
+    projection, and resizes with ``align_corners=False``; the converted model keeps all of these (its conv
+    geometry is copied), so it gives the same outputs in eval mode. It takes RGB in [0, 255] like every
+    DeepLab here and normalises it as torchvision's transforms do. The auxiliary FCN head, if any, is dropped.
     """
     body = tv_model.backbone
     depth = {6: 50, 23: 101}.get(len(body.layer3))
@@ -43,7 +44,7 @@ def from_torchvision(tv_model: nn.Module) -> DeepLabV3:
     rates = tuple(branch[0].dilation[0] for branch in list(aspp.convs)[1:-1])
     num_classes = tv_model.classifier[-1].out_channels
     model = DeepLabV3(ResNetBackbone(depth, output_stride=8), num_classes, atrous_rates=rates,
-                      aspp_dropout=aspp.project[-1].p, extra_conv=True)
+                      aspp_dropout=aspp.project[-1].p, extra_conv=True, align_corners=False)
     source = dict(body.named_modules())
     for name, conv in model.backbone.named_modules():
         if isinstance(conv, nn.Conv2d):

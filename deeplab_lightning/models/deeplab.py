@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import Backbone
+from .backbones.resnet import ResNetBackbone
 from .heads.aspp import ASPP, ASPPL, default_atrous_rates
 from .heads.cascade import CascadeBlocks
 from .heads.decoder import Decoder
@@ -17,15 +18,31 @@ from .heads.largefov import FCHead
 class DeepLab(nn.Module):
     """Base class: ``forward(images [N,3,H,W]) -> logits [N,num_classes,H,W]`` for any H, W.
 
-    Subclasses set ``self.backbone`` (a :class:`Backbone`) and implement ``head(features) -> logits`` at the
-    backbone's stride; this class upsamples them bilinearly to the input size (every DeepLab version does).
+    ``images`` are RGB values in [0, 255] (uint8 or float). The network normalises them with its backbone's
+    ``input_mean`` / ``input_std`` (ImageNet statistics for ResNet and VGG, [-1, 1] for Xception-65): the
+    range the pretrained weights expect is declared in one place, the backbone, and no data pipeline repeats
+    it. ``pixel_mean`` (the mean pixel, [1,3,1,1] in [0, 255]) is what padding is filled with: it normalises
+    to zero.
+
+    Subclasses implement ``head(features) -> logits`` at the backbone's stride; this class upsamples them
+    bilinearly to the input size (every DeepLab version does). With ``align_corners=True`` (the default, as
+    the TF reference resizes) input sizes of the form ``k * output_stride + 1`` (513 = 16 * 32 + 1) put every
+    feature exactly on the input pixel its convolutions are centred on; ``align_corners=False`` (PyTorch's
+    default, kept by :func:`~deeplab_lightning.models.from_torchvision`) misplaces them by up to about half
+    the stride (measured by :func:`~deeplab_lightning.models.analysis.upsampling_misplacement`).
     Parameters under ``backbone`` form the backbone group of the optimizer, the rest the head group.
-    Deviation: bilinear resizing uses ``align_corners=False`` (PyTorch's convention; the TensorFlow reference
-    code resizes with ``align_corners=True``), which shifts the logits by under one input pixel.
     """
 
-    backbone: Backbone
-    num_classes: int
+    def __init__(self, backbone: Backbone, num_classes: int, *, align_corners: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        # Not in the state dict: derived from the backbone, so checkpoints do not depend on it.
+        self.register_buffer("pixel_mean", 255 * torch.tensor(backbone.input_mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", 255 * torch.tensor(backbone.input_std).view(1, 3, 1, 1),
+                             persistent=False)
 
     @property
     def output_stride(self) -> int:
@@ -34,11 +51,15 @@ class DeepLab(nn.Module):
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 255] -> the input range of the backbone's weights (float32, memory format kept)."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects images of shape [N, 3, H, W], got {list(images.shape)}")
-        logits = self.head(self.backbone(images))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.head(self.backbone(self.normalize(images)))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 class DeepLabV1(DeepLab):
@@ -50,9 +71,7 @@ class DeepLabV1(DeepLab):
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, *, dilation: int = 12, channels: int = 1024,
                  dropout: float = 0.5) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes)
         self.classifier = FCHead(backbone.feature_info[-1].channels, num_classes, dilation=dilation,
                                  channels=channels, dropout=dropout)
         if getattr(backbone, "imagenet_fc", None) is not None:
@@ -71,9 +90,7 @@ class DeepLabV2(DeepLab):
     def __init__(self, backbone: Backbone, num_classes: int = 21, *,
                  atrous_rates: Sequence[int] = (6, 12, 18, 24), channels: int | None = 1024,
                  dropout: float = 0.5) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes)
         self.aspp = ASPPL(backbone.feature_info[-1].channels, num_classes, atrous_rates, channels=channels,
                           dropout=dropout)
         if channels is not None and getattr(backbone, "imagenet_fc", None) is not None:
@@ -97,7 +114,7 @@ class DeepLabV3(DeepLab):
     1x1 classifier, upsampled x ``output_stride``.
 
     ``extra_conv`` adds a 3x3 conv + BN + ReLU before the classifier, as torchvision's DeepLabHead has (not in
-    the paper; used by :func:`from_torchvision`).
+    the paper; used by :func:`from_torchvision`, with ``align_corners=False``).
     """
 
     def __init__(
@@ -111,10 +128,9 @@ class DeepLabV3(DeepLab):
         separable: bool = False,
         aspp_dropout: float = 0.1,
         extra_conv: bool = False,
+        align_corners: bool = True,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes, align_corners=align_corners)
         self.aspp = _aspp(backbone, aspp_channels, atrous_rates, image_pooling, separable, aspp_dropout)
         layers: list[nn.Module] = []
         if extra_conv:
@@ -143,15 +159,14 @@ class DeepLabV3Plus(DeepLab):
         aspp_dropout: float = 0.1,
         low_level_channels: int = 48,
         decoder_channels: int = 256,
+        align_corners: bool = True,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes, align_corners=align_corners)
         self.aspp = _aspp(backbone, aspp_channels, atrous_rates, image_pooling, separable, aspp_dropout)
         self.low_level_index = backbone.feature_index(stride=4)
         self.decoder = Decoder(aspp_channels, backbone.feature_info[self.low_level_index].channels, num_classes,
                                low_level_channels=low_level_channels, channels=decoder_channels,
-                               separable=separable)
+                               separable=separable, align_corners=self.align_corners)
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(self.aspp(features[-1]), features[self.low_level_index])
@@ -159,18 +174,16 @@ class DeepLabV3Plus(DeepLab):
 
 class DeepLabV3Cascade(DeepLab):
     """DeepLab V3 "going deeper" (V3 section 3.2): block4 followed by cascaded copies block5-7, each at twice
-    the previous rate and with multi-grid unit rates, then a 1x1 classifier (no ASPP). Needs a ResNet-50/101.
+    the previous rate, then a 1x1 classifier (no ASPP). Needs a ResNet-50/101 (:class:`ResNetBackbone`).
+    Blocks 5-7 use the backbone's multi-grid unit rates, as block4 does (V3 section 3.2: "multi-grid ...
+    applied to block4 to block7"), and start from the backbone's block4 rate.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int = 21, *, num_blocks: int = 3,
-                 multi_grid: Sequence[int] = (1, 2, 4)) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.num_classes = num_classes
+    def __init__(self, backbone: ResNetBackbone, num_classes: int = 21, *, num_blocks: int = 3) -> None:
+        super().__init__(backbone, num_classes)
         channels = backbone.feature_info[-1].channels
-        block4_rate = max(32 // backbone.output_stride, 1)
-        self.cascade = CascadeBlocks(channels, block4_rate=block4_rate, num_blocks=num_blocks,
-                                     multi_grid=multi_grid)
+        self.cascade = CascadeBlocks(channels, block4_rate=backbone.stage_rate("layer4"), num_blocks=num_blocks,
+                                     multi_grid=backbone.multi_grid)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -16,14 +16,23 @@ class FeatureInfo:
     stride: int
 
 
+# torchvision's ResNet/VGG ImageNet weights expect inputs in [0, 1] normalised with these statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class Backbone(nn.Module):
     """Base class: ``forward(x [N,3,H,W]) -> list of feature maps``, one per ``feature_info`` entry.
 
-    The last feature map is the encoder output, at ``output_stride``.
+    The last feature map is the encoder output, at ``output_stride``. ``input_mean`` / ``input_std`` (RGB, for
+    inputs in [0, 1]) are the normalisation the backbone's pretrained weights expect; the DeepLab network
+    applies them to its input, so no data pipeline has to know them.
     """
 
     feature_info: list[FeatureInfo]
     output_stride: int
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
 
     def feature_index(self, stride: int) -> int:
         """Index of the last returned feature map whose stride is ``stride``."""
@@ -35,3 +44,10 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def check_output_stride(output_stride: int) -> int:
+    """Raise unless ``output_stride`` is one the DeepLab backbones support (8, 16 or 32)."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    return output_stride

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .base import Backbone, FeatureInfo
+from .base import Backbone, FeatureInfo, check_output_stride
 
 _RESNETS = {
     18: (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
@@ -54,8 +54,7 @@ class ResNetBackbone(Backbone):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        check_output_stride(output_stride)
         builder, weights = _RESNETS[depth]
         net = builder(weights=weights if pretrained else None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -88,6 +87,11 @@ class ResNetBackbone(Backbone):
             FeatureInfo(name, 64 * 2**i * expansion, min(stride, output_stride))
             for i, (name, stride) in enumerate(zip(_STAGES, _STAGE_STRIDES))
         ]
+
+    def stage_rate(self, name: str = "layer4") -> int:
+        """Atrous rate of a stage before multi-grid (block4 at OS16: 2), read from its first unit's 3x3 conv."""
+        unit = self.multi_grid[0] if name == "layer4" else 1
+        return _three_by_three_convs(getattr(self, name)[0])[0].dilation[0] // unit
 
     @staticmethod
     def _remove_stride(block: nn.Module) -> None:

@@ -7,36 +7,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.base import check_output_stride
 from ..layers import ConvBNReLU
 from .largefov import FCHead
 
 
 def default_atrous_rates(output_stride: int) -> tuple[int, int, int]:
     """V3 section 3.3: rates (6, 12, 18) at output stride 16, doubled at output stride 8."""
-    if output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    check_output_stride(output_stride)
     return tuple(r * 16 // output_stride for r in (6, 12, 18))  # type: ignore[return-value]
 
 
-class ImagePooling(nn.Module):
-    """Image-level features: global average pool -> 1x1 conv -> BN -> ReLU -> bilinear upsample.
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm of pooled features [N, C, 1, 1].
 
-    [N, C, H, W] -> [N, out_channels, H, W]. Deviation: with a training batch of one image the pooled map has
-    a single value per channel, where BatchNorm's batch statistics are undefined (PyTorch raises); then the
-    running statistics normalise it (and are not updated), so batch size 1 trains instead of crashing.
+    Deviation: in training, a batch of one image has a single value per channel, where batch statistics are
+    undefined (PyTorch raises); it is then normalised with the running statistics (not updated), so batch
+    size 1 trains instead of crashing. It is a ``BatchNorm2d``, so ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    converts it: under DDP its statistics then cover the images of all processes (one image per GPU included).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() == x.shape[1]:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+class ImagePooling(nn.Module):
+    """Image-level features (V3 section 3.3): global average pool -> 1x1 conv -> BN -> ReLU, broadcast back
+    to the input's size (what bilinear upsampling of a 1x1 map gives). [N, C, H, W] -> [N, out_channels, H, W].
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = PooledBatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(F.adaptive_avg_pool2d(x, 1))
-        use_batch_stats = self.training and y.shape[0] > 1
-        y = F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
-                         training=use_batch_stats, momentum=self.bn.momentum or 0.0, eps=self.bn.eps)
-        return F.interpolate(F.relu(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.relu(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1))))
+        return y.expand(-1, -1, *x.shape[-2:])
 
 
 class ASPP(nn.Module):

@@ -9,7 +9,8 @@ class FCHead(nn.Sequential):
     """fc6 (3x3, ``dilation``) -> ReLU -> dropout -> fc7 (1x1) -> ReLU -> dropout -> fc8 (1x1 classifier).
 
     With ``dilation=12`` and 1024 channels this is DeepLab-LargeFOV (V1 section 4.1: kernel 3x3, input stride
-    12, 1024 channels; dropout 0.5). It is also one branch of V2's ASPP-L (dilation 6/12/18/24).
+    12, 1024 channels; dropout 0.5). It is also one branch of V2's ASPP-L (dilation 6/12/18/24). Dropout is
+    element-wise, as Caffe's DropoutLayer in the released models (``nn.Dropout2d`` would drop whole channels).
     [N, in_channels, H, W] -> [N, num_classes, H, W].
     """
 
@@ -18,10 +19,10 @@ class FCHead(nn.Sequential):
         super().__init__(
             nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation),
             nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout),
+            nn.Dropout(dropout),
             nn.Conv2d(channels, channels, 1),
             nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout),
+            nn.Dropout(dropout),
             nn.Conv2d(channels, num_classes, 1),
         )
         nn.init.normal_(self[-1].weight, std=0.01)  # fc8: Gaussian, std 0.01 (V1 section 4.1)
