@@ -187,11 +187,11 @@ def _validate(cli: Any, callbacks: list[L.Callback]) -> tuple[dict[str, float], 
     on_gpu = cli.trainer.strategy.root_device.type == "cuda"
     trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
                         logger=False, callbacks=callbacks, enable_model_summary=False, enable_progress_bar=False)
-    cli.model.results.clear()
     start = time.perf_counter()
     trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     seconds = time.perf_counter() - start
-    return {stage: float(r["mIoU"]) for stage, r in cli.model.results.items()}, seconds
+    results = {stage: cli.model.evaluation_results(stage) for stage in ("val", "val/unrefined")}
+    return {stage: r.mIoU for stage, r in results.items() if r is not None}, seconds
 
 
 def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:

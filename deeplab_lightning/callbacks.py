@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -15,9 +14,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .crf import dense_crf
 from .data.classes import voc_palette
-from .inference import predict_multiscale
+from .evaluation import CRFSettings, EvaluationResults, Inference
 from .wandb_report import WandbReport  # noqa: F401  (so configs can name deeplab_lightning.callbacks.WandbReport)
 
 
@@ -115,13 +113,13 @@ class ProgressBar(RichProgressBar):
         return description
 
 
-def iou_table(class_names: list[str], results: dict[str, torch.Tensor], title: str) -> Table:
+def iou_table(class_names: Sequence[str], results: EvaluationResults, title: str) -> Table:
     """A rich table of per-class IoU with the mIoU and pixel accuracy in the footer."""
     table = Table(title=title, show_footer=True)
     table.add_column("class", footer="mean IoU / pixel acc.")
     table.add_column("IoU (%)", justify="right",
-                     footer=f"{100 * results['mIoU']:.2f} / {100 * results['pixel_acc']:.2f}")
-    for name, iou in zip(class_names, results["iou"].tolist()):
+                     footer=f"{100 * results.mIoU:.2f} / {100 * results.pixel_acc:.2f}")
+    for name, iou in zip(class_names, results.iou.tolist()):
         table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.2f}")
     return table
 
@@ -181,7 +179,7 @@ class IoUTable(L.Callback):
 
     @rank_zero_only
     def _print(self, pl_module: L.LightningModule, stage: str, title: str) -> None:
-        results = getattr(pl_module, "results", {}).get(stage)
+        results = pl_module.evaluation_results(stage)
         if results is not None:
             Console().print(iou_table(pl_module.class_names, results, title))
 
@@ -203,7 +201,29 @@ def _check_stages(owner: str, stages: Sequence[str]) -> None:
         raise ValueError(f"{owner} stages {sorted(unknown)} unknown; use fit, validate, test, predict")
 
 
-class MultiScaleInference(L.Callback):
+class _ConfigureInference(L.Callback):
+    """Applies ``changes`` to the module's :class:`~deeplab_lightning.evaluation.Inference` for ``stages``
+    and restores the previous settings after each."""
+
+    def __init__(self, stages: Sequence[str], **changes) -> None:
+        unknown = set(stages) - {"fit", "validate", "test", "predict"}
+        if unknown:
+            raise ValueError(f"{type(self).__name__} stages {sorted(unknown)} unknown; use fit, validate, test, "
+                             f"predict")
+        self.stages, self.changes = tuple(stages), changes
+        self._previous: Inference | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage in self.stages:
+            self._previous = pl_module.configure_inference(**self.changes)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            pl_module.configure_inference(self._previous)
+            self._previous = None
+
+
+class MultiScaleInference(_ConfigureInference):
     """Switches evaluation to multi-scale (+ flip, + sliding window) inference for the chosen stages.
 
     Args:
@@ -218,21 +238,10 @@ class MultiScaleInference(L.Callback):
     def __init__(self, scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
                  window: int | None = None, overlap: float = 1 / 3,
                  stages: Sequence[str] = ("validate", "test", "predict")) -> None:
-        _check_stages("MultiScaleInference", stages)
-        self.scales, self.flip, self.window, self.overlap = tuple(scales), flip, window, overlap
-        self.stages = tuple(stages)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage in self.stages:
-            pl_module.eval_forward = partial(predict_multiscale, pl_module, scales=self.scales, flip=self.flip,
-                                             window=self.window, overlap=self.overlap,
-                                             align_corners=pl_module.align_corners)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pl_module.eval_forward = None
+        super().__init__(stages, scales=scales, flip=flip, window=window, overlap=overlap)
 
 
-class DenseCRFRefinement(L.Callback):
+class DenseCRFRefinement(_ConfigureInference):
     """Refines evaluation and prediction outputs with :func:`~deeplab_lightning.crf.dense_crf` and the
     un-normalised image (DeepLab V1 section 3.2, V2 section 3.4). Metrics before refinement are logged under
     ``<stage>/unrefined/``. Defaults: DeepLab V2's ResNet-101 VOC parameters.
@@ -240,17 +249,7 @@ class DenseCRFRefinement(L.Callback):
 
     def __init__(self, iterations: int = 10, bi_w: float = 4.0, bi_xy_std: float = 67.0, bi_rgb_std: float = 3.0,
                  pos_w: float = 3.0, pos_xy_std: float = 1.0, stages: Sequence[str] = ("test", "predict")) -> None:
-        _check_stages("DenseCRFRefinement", stages)
-        self.params = dict(iterations=iterations, bi_w=bi_w, bi_xy_std=bi_xy_std, bi_rgb_std=bi_rgb_std,
-                           pos_w=pos_w, pos_xy_std=pos_xy_std)
-        self.stages = tuple(stages)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage in self.stages:
-            pl_module.refine = partial(dense_crf, **self.params)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pl_module.refine = None
+        super().__init__(stages, crf=CRFSettings(iterations, bi_w, bi_xy_std, bi_rgb_std, pos_w, pos_xy_std))
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:

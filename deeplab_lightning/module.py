@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.sampling import derive_seed
+from .evaluation import EvaluationResults, Inference
 from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
 from .models import create_model
@@ -161,12 +162,8 @@ class SegmentationModule(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.results: dict[str, dict[str, torch.Tensor]] = {}  # last computed metrics per stage, for reports
-        # Evaluation-time replacement of the forward: images -> probabilities (set by MultiScaleInference).
-        self.eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # Evaluation-time refinement: (uint8 image [H,W,3], probs [C,H,W]) -> probs (set by DenseCRFRefinement);
-        # the metrics before refinement are then reported too, under <stage>/unrefined/.
-        self.refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.inference = Inference()  # how validation, test and predict run the network: configure_inference
+        self._results: dict[str, EvaluationResults] = {}  # the last whole-split metrics per stage
         self.unrefined_metrics = nn.ModuleDict(
             {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")})
         self._loss_check: _LossCheck | None = None  # the last step's loss, checked at the next hook
@@ -205,15 +202,17 @@ class SegmentationModule(L.LightningModule):
 
     def fill_padding(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's images [N,3,H,W], with the canvas beyond each image's ``size`` filled with the
-        network's mean pixel (``net.pixel_mean``, which it normalises to zero), as the TF reference pads."""
+        network's mean pixel (``net.pixel_mean``, which it normalises to zero), as the TF reference pads.
+        Sizes are host-side integers, so this never waits for the GPU."""
         images = batch["image"]
         mean = getattr(self.net, "pixel_mean", None)
         if not batch.get("padded", False) or mean is None:
             return images
-        sizes = batch["size"]
-        rows = torch.arange(images.shape[-2], device=images.device)[None, :, None] < sizes[:, 0, None, None]
-        cols = torch.arange(images.shape[-1], device=images.device)[None, None, :] < sizes[:, 1, None, None]
-        return torch.where((rows & cols)[:, None], images, mean)
+        images = images.float()  # a copy: the batch keeps its uint8 image
+        for i, (h, w) in enumerate(batch["size"]):
+            images[i, :, h:, :] = mean[0]
+            images[i, :, :h, w:] = mean[0]
+        return images
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the non-ignored pixels of the batch (0, not NaN, when all are ignored)."""
@@ -257,53 +256,53 @@ class SegmentationModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self._raise_if_loss_was_nonfinite()
 
-    def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Evaluation scores [N,C,H,W]: logits, or log-probabilities when ``eval_forward`` is set (both give
-        the same argmax and the same cross-entropy)."""
-        if self.eval_forward is None:
-            return self(images)
-        return self.eval_forward(images).clamp_min(1e-12).log()
+    def configure_inference(self, inference: Inference | None = None, **changes: Any) -> Inference:
+        """Set how validation, test and predict run the network: ``inference`` replaces the settings, then
+        ``changes`` (``scales``, ``flip``, ``window``, ``overlap``, ``crf``; see :class:`Inference`) apply.
+        Returns the previous settings, so a caller can restore them."""
+        previous = self.inference
+        self.inference = (inference or previous).replace(**changes)
+        return previous
 
-    def predict_logits(self, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Scores of each image at its own size: [C, h_i, w_i] per image.
+    def evaluation_results(self, stage: str = "val") -> EvaluationResults | None:
+        """The metrics of the last whole ``stage`` (``val``, ``test``, ``val/unrefined``, ``test/unrefined``)."""
+        return self._results.get(stage)
 
-        Images of different sizes padded into one batch run one by one, so padding never changes a
-        prediction (image pooling would otherwise average over the padding) and the metric does not depend
-        on the batch size.
+    def predict_scores(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Class scores [C, h_i, w_i] of each image at its own size, after the dense CRF when configured, and
+        the scores before it (None without CRF).
+
+        Fixed-shape batches (``batch["canvas"]`` set by the data module) run whole: every image sits on one
+        canvas, its padding filled with the mean pixel, as the TF reference evaluates. Otherwise each image
+        runs alone at its own size. Either way a prediction does not depend on the batch size.
         """
-        images = batch["image"]
-        sizes = batch.get("size")
-        if sizes is None or bool((sizes == sizes.new_tensor(images.shape[-2:])).all()):
-            return list(self.scores(images))
-        return [self.scores(img[None, :, :h, :w])[0] for img, (h, w) in zip(images, sizes.tolist())]
-
-    def _refined(self, scores: list[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Apply ``refine`` to each image's probabilities; returns log-probabilities."""
-        out = []
-        for i, lg in enumerate(scores):
-            h, w = lg.shape[-2:]
-            image = batch["image"][i, :, :h, :w].permute(1, 2, 0).contiguous()
-            out.append(self.refine(image, lg.float().softmax(0)).clamp_min(1e-12).log())
-        return out
+        inference, sizes = self.inference, batch["size"]
+        run = lambda x: inference.scores(self, x, align_corners=self.align_corners,  # noqa: E731
+                                         eval_size=batch.get("canvas"))
+        if batch.get("canvas") is not None:
+            scores = run(self.fill_padding(batch))
+            per_image = [s[:, :h, :w] for s, (h, w) in zip(scores, sizes)]
+        else:
+            per_image = [run(batch["image"][i:i + 1, :, :h, :w])[0] for i, (h, w) in enumerate(sizes)]
+        if inference.crf is None:
+            return per_image, None
+        refined = [inference.refine(batch["image"][i, :, :h, :w], s) for i, (s, (h, w)) in
+                   enumerate(zip(per_image, sizes))]
+        return refined, per_image
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> list[torch.Tensor]:
         """Updates the metrics; returns the predicted labels [h_i, w_i] of each image (for callbacks)."""
-        logits = self.predict_logits(batch)
+        scores, unrefined = self.predict_scores(batch)
         masks = batch["mask"]
-        if self.refine is not None:
-            for i, lg in enumerate(logits):
-                h, w = lg.shape[-2:]
-                self.unrefined_metrics[stage].update(lg.argmax(0)[None], masks[i, :h, :w][None])
-            logits = self._refined(logits, batch)
-        loss = logits[0].new_zeros(())
-        preds = []
-        for i, lg in enumerate(logits):
-            h, w = lg.shape[-2:]
-            target = masks[i, :h, :w]
-            preds.append(lg.argmax(0))
-            metrics.update(preds[-1][None], target[None])
-            loss = loss + self.loss(lg[None], target[None])
-        self.log(f"{stage}/loss", loss / len(logits), batch_size=len(logits), sync_dist=True)
+        targets = [masks[i, :h, :w] for i, (h, w) in enumerate(batch["size"])]
+        if unrefined is not None:
+            for lg, target in zip(unrefined, targets):
+                self.unrefined_metrics[stage].update(lg.argmax(0)[None], target[None])
+        preds = [lg.argmax(0) for lg in scores]
+        for pred, target in zip(preds, targets):
+            metrics.update(pred[None], target[None])
+        loss = sum(self.loss(lg[None], target[None]) for lg, target in zip(scores, targets)) / len(scores)
+        self.log(f"{stage}/loss", loss, batch_size=len(scores), sync_dist=True)
         return preds
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
@@ -313,16 +312,15 @@ class SegmentationModule(L.LightningModule):
         return self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
-        """Predicted labels per image, [h_i, w_i] each (refined when ``refine`` is set)."""
-        scores = self.predict_logits(batch)
-        if self.refine is not None:
-            scores = self._refined(scores, batch)
-        return [lg.argmax(0) for lg in scores]
+        """Predicted labels per image, [h_i, w_i] each (refined when the CRF is configured)."""
+        return [lg.argmax(0) for lg in self.predict_scores(batch)[0]]
 
     def _log_epoch(self, metrics: SegmentationMetrics, stage: str) -> None:
         results = metrics.compute()
         metrics.reset()
-        self.results[stage] = {k: v.detach().cpu() for k, v in results.items()}
+        self._results[stage] = EvaluationResults(
+            mIoU=float(results["mIoU"]), pixel_acc=float(results["pixel_acc"]), iou=results["iou"].cpu(),
+            confmat=results["confmat"].cpu(), step=self.global_step)
         self.log(f"{stage}/mIoU", results["mIoU"])
         self.log(f"{stage}/pixel_acc", results["pixel_acc"])
         for name, iou in zip(self.class_names, results["iou"]):
@@ -330,12 +328,12 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(self.val_metrics, "val")
-        if self.refine is not None:
+        if self.inference.crf is not None:
             self._log_epoch(self.unrefined_metrics["val"], "val/unrefined")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_metrics, "test")
-        if self.refine is not None:
+        if self.inference.crf is not None:
             self._log_epoch(self.unrefined_metrics["test"], "test/unrefined")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -74,7 +74,7 @@ class WandbReport(L.Callback):
 
     def _send(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logger = self._logger(trainer)
-        results = getattr(pl_module, "results", {}).get(stage)
+        results = pl_module.evaluation_results(stage)
         if logger is None or results is None or not trainer.is_global_zero:
             return
         import wandb
@@ -82,9 +82,9 @@ class WandbReport(L.Callback):
         names = list(pl_module.class_names)
         ignore = pl_module.hparams.ignore_index
         labels = dict(enumerate(names)) | {ignore: "ignore"}
-        iou = wandb.Table(columns=["class", "IoU"], data=[[n, float(v)] for n, v in zip(names, results["iou"])])
-        confmat = results["confmat"]
-        figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {trainer.global_step})")
+        iou = wandb.Table(columns=["class", "IoU"], data=[[n, float(v)] for n, v in zip(names, results.iou)])
+        confmat = results.confmat
+        figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {results.step})")
         counts = wandb.Table(columns=["truth", *names],
                              data=[[n, *row] for n, row in zip(names, confmat.tolist())])
         media = {

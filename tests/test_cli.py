@@ -157,7 +157,10 @@ def test_validate_feeds_the_first_convolution_the_range_its_weights_expect(
     cli = main(["validate", "--config", str(config), "--model.arch", arch, "--data.init_args.val_batch_size", "1"])
     first = cli.datamodule.dataset("val")[0]["image"].float() / 255  # the first validation image, RGB in [0, 1]
     expected = (first - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    assert len(seen) == 6 and torch.allclose(seen[0][0], expected, atol=1e-5)
+    h, w = first.shape[-2:]
+    assert len(seen) == 6 and seen[0].shape[-2:] == (81, 81)  # the fixed evaluation canvas
+    assert torch.allclose(seen[0][0, :, :h, :w], expected, atol=1e-5)
+    assert seen[0][0, :, h:].abs().max() < 1e-5 and seen[0][0, :, :, w:].abs().max() < 1e-5  # mean-pixel padding
 
 
 def test_the_data_modules_ignore_label_reaches_loss_metrics_and_padding(tmp_path, toy_dir, toy_settings,

@@ -56,7 +56,7 @@ def test_train_batches_are_padded_to_the_crop_with_the_networks_mean_pixel_and_i
     # is void (never a class) and whose pixels become the network's mean pixel (0 after its normalisation).
     module = SegmentationModule(arch, num_classes=len(TOY_CLASSES), model_kwargs={"aspp_channels": 8})
     filled = module.fill_padding(batch)
-    for i, (h, w) in enumerate(batch["size"].tolist()):
+    for i, (h, w) in enumerate(batch["size"]):
         assert torch.equal(filled[i, :, :h, :w], batch["image"][i, :, :h, :w].float())
         for region in (filled[i, :, h:, :], filled[i, :, :, w:]):
             assert torch.allclose(region, torch.tensor(mean_pixel).view(3, 1, 1).expand_as(region))
@@ -72,21 +72,21 @@ def test_eval_samples_keep_full_resolution(toy_dir, toy_settings):
         sample = ds[i]
         labels = np.array(Image.open(root / "SegmentationClass" / f"{sample['id']}.png"))
         assert torch.equal(sample["mask"], torch.from_numpy(labels).long())
-        assert tuple(sample["size"].tolist()) == labels.shape
+        assert sample["size"] == labels.shape
 
 
 def test_pad_collate_pads_masks_with_ignore_and_records_sizes():
     a = {"image": torch.ones(3, 4, 5, dtype=torch.uint8), "mask": torch.zeros(4, 5, dtype=torch.long), "id": "a",
-         "size": torch.tensor([4, 5])}
+         "size": (4, 5)}
     b = {"image": torch.ones(3, 6, 3, dtype=torch.uint8), "mask": torch.ones(6, 3, dtype=torch.long), "id": "b",
-         "size": torch.tensor([6, 3])}
+         "size": (6, 3)}
     batch = pad_collate([a, b])
     assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5) and batch["padded"]
     assert (batch["mask"][0, 4:] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
     assert batch["image"][0, :, 4:].sum() == 0
-    assert batch["size"].tolist() == [[4, 5], [6, 3]] and batch["id"] == ["a", "b"]
-    canvas = pad_collate([a], size=(8, 9), ignore_index=0)
-    assert canvas["image"].shape == (1, 3, 8, 9) and canvas["padded"]
+    assert batch["size"] == [(4, 5), (6, 3)] and batch["id"] == ["a", "b"] and batch["canvas"] is None
+    canvas = pad_collate([a], size=(8, 9), ignore_index=0, fixed=True)
+    assert canvas["image"].shape == (1, 3, 8, 9) and canvas["padded"] and canvas["canvas"] == (8, 9)
     assert (canvas["mask"][0, 4:] == 0).all() and (canvas["mask"][0, :, 5:] == 0).all()
     assert not pad_collate([a])["padded"]
 

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from deeplab_lightning.callbacks import MultiScaleInference
+from deeplab_lightning.evaluation import Inference
 from deeplab_lightning.inference import predict_multiscale, sliding_window
 from deeplab_lightning.models import create_model
 from deeplab_lightning.module import SegmentationModule
@@ -72,7 +73,7 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
     result = trainer.test(module, datamodule=dm, verbose=False)[0]
     assert 0 <= result["test/mIoU"] <= 1
     assert len(calls) == 2 * 6 and set(calls) == {2}  # 2 scales per image, original + flip in one batch
-    assert module.eval_forward is None  # restored after the stage
+    assert module.inference == Inference()  # restored after the stage
     calls.clear()
     trainer.validate(module, datamodule=dm, verbose=False)
     assert len(calls) == 6  # validation was not switched

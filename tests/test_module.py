@@ -39,7 +39,7 @@ def test_training_and_validation_steps_on_tiny_inputs():
     assert module.training_step(all_ignored, 0).item() == 0.0  # not NaN
     module.eval()
     with torch.no_grad():
-        module.validation_step({**batch, "size": torch.tensor([[64, 64], [64, 64]])}, 0)
+        module.validation_step({**batch, "size": [(64, 64), (64, 64)]}, 0)
     assert module.val_metrics.confmat.sum().item() == (batch["mask"] != 255).sum().item()
 
 
@@ -66,6 +66,28 @@ def test_mIoU_does_not_depend_on_validation_batch_size(toy_dir, toy_settings):
     assert results[1]["val/pixel_acc"] == pytest.approx(results[4]["val/pixel_acc"], abs=1e-6)
     assert 0.0 < results[1]["val/pixel_acc"] < 1.0
     assert results[1]["val/iou/disk"] == pytest.approx(results[4]["val/iou/disk"], abs=1e-6, nan_ok=True)
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (0.5, 1.0, 1.25)])
+def test_fixed_shape_evaluation_feeds_one_shape_per_scale_and_any_batch_size_gives_one_metric(
+        toy_dir, toy_settings, scales):
+    # TF protocol: every validation image (64-80 px here) is padded to one canvas, the smallest 16k + 1 holding
+    # the largest (81 x 81), so the network sees one input shape per scale, whatever the batch size.
+    from deeplab_lightning.callbacks import MultiScaleInference
+
+    torch.manual_seed(0)
+    module = tiny_module(class_names=TOY_CLASSES)
+    shapes, results = set(), {}
+    module.net.register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape[-2:])))
+    for bs in (1, 3):
+        dm = ToyVOCDataModule(str(toy_dir), **toy_settings, val_batch_size=bs, num_workers=0)
+        callbacks = [MultiScaleInference(scales=scales, flip=False, stages=["validate"])]
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+        results[bs] = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert dm.eval_canvas("val", dm.dataset("val")) == (81, 81)
+    assert shapes == {((81 - 1) * s + 1,) * 2 for s in scales}  # TF's (size - 1) * scale + 1
+    for key in ("val/mIoU", "val/pixel_acc", "val/loss"):
+        assert results[1][key] == pytest.approx(results[3][key], abs=1e-6)
 
 
 def test_compile_and_fused_optimizer_options():

@@ -212,7 +212,7 @@ def test_full_cityscapes_frame_is_evaluated_window_by_window_on_cpu():
                                                                             "decoder_channels": 8})
     module.net.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
     frame = {"image": torch.randint(0, 256, (3, 1024, 2048), dtype=torch.uint8),
-             "mask": torch.randint(0, 3, (1024, 2048)), "id": "frame", "size": torch.tensor([1024, 2048])}
+             "mask": torch.randint(0, 3, (1024, 2048)), "id": "frame", "size": (1024, 2048)}
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[MultiScaleInference(scales=[1.0], flip=False, window=512, stages=["validate"])])
     trainer.validate(module, DataLoader([frame], batch_size=1, collate_fn=pad_collate))

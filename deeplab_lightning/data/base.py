@@ -5,13 +5,15 @@ import os
 import warnings
 from collections.abc import Sequence
 from functools import partial
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, pad_collate
+from ..evaluation import smallest_eval_size
+from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate
 from .sampling import EvalSampler, TrainSampler, per_process_batch
 from .transforms import crop_pair, train_transform
 
@@ -40,8 +42,13 @@ class SegmentationDataModule(L.LightningDataModule):
         scale_range: random scale range of training images.
         batch_size: the **global** training batch (the papers' number); each of the N processes loads
             ``batch_size / N``.
-        val_batch_size: evaluation batch per process (images of different sizes are padded; the metric
-            does not depend on it).
+        val_batch_size: evaluation batch per process (the metric does not depend on it).
+        eval_size: the one canvas (H, W) every validation, test and predict image is padded to (image with
+            the network's mean pixel, mask with the ignore label), so the network sees one input shape (one
+            per scale) and cuDNN autotuning and ``torch.compile`` tune once, as in the TF reference.
+            ``"auto"``: the smallest ``16k + 1`` size holding the split's largest image, read from the image
+            headers (513 x 513 for VOC, 1025 x 2049 for Cityscapes); an int or [H, W] sets it (larger images
+            then run window by window at that size); ``null`` runs each image alone at its own size.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
 
@@ -60,6 +67,7 @@ class SegmentationDataModule(L.LightningDataModule):
         scale_range: tuple[float, float] = (0.5, 2.0),
         batch_size: int = 16,
         val_batch_size: int = 1,
+        eval_size: int | tuple[int, int] | Literal["auto"] | None = "auto",
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -70,6 +78,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.scale_range = scale_range
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
+        self.eval_size = eval_size if eval_size in ("auto", None) else crop_pair(eval_size)
+        self._eval_sizes: dict[str, tuple[int, int]] = {}
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
@@ -85,6 +95,14 @@ class SegmentationDataModule(L.LightningDataModule):
         transform = train_transform(self.crop_size, self.scale_range) if train else None
         return SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map,
                                    self.ignore_index)
+
+    def eval_canvas(self, split: str, dataset: SegmentationDataset) -> tuple[int, int] | None:
+        """The evaluation canvas (H, W) of ``split`` (see ``eval_size``); None for per-image evaluation."""
+        if self.eval_size != "auto":
+            return self.eval_size
+        if split not in self._eval_sizes:
+            self._eval_sizes[split] = smallest_eval_size([image_size(s.image) for s in dataset.samples])
+        return self._eval_sizes[split]
 
     def _process_group(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -109,8 +127,10 @@ class SegmentationDataModule(L.LightningDataModule):
         if train:
             batch_size = per_process_batch(self.batch_size, world_size)
             sampler = self._train_sampler(dataset, batch_size)
+            canvas = self.crop_size
         else:
             batch_size, sampler = self.val_batch_size, EvalSampler(len(dataset), world_size, rank)
+            canvas = self.eval_canvas(split, dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -119,8 +139,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=partial(pad_collate, size=self.crop_size if train else None,
-                               ignore_index=self.ignore_index),
+            collate_fn=partial(pad_collate, size=canvas, ignore_index=self.ignore_index, fixed=not train),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -58,6 +58,15 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except OSError as err:
+        raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
+
+
 def _read_label_array(path: Path) -> np.ndarray:
     if path.suffix == ".mat":  # SBD: a MATLAB struct GTcls with the class map in .Segmentation
         from scipy.io import loadmat
@@ -97,8 +106,8 @@ class SegmentationDataset(Dataset):
     """Loads ``samples`` and returns dicts:
 
     ``image`` uint8 [3,H,W] (RGB; the network normalises it, see :class:`~deeplab_lightning.models.DeepLab`),
-    ``mask`` long [H,W] (all ``ignore_index`` without labels), ``id`` str and ``size`` long [2] (H, W after
-    transforms).
+    ``mask`` long [H,W] (all ``ignore_index`` without labels), ``id`` str and ``size`` (H, W after transforms,
+    ints).
     ``transform`` is a joint transforms.v2 callable over (tv_tensors.Image, tv_tensors.Mask).
     An item may be fetched as ``dataset[(index, seed)]`` (what :class:`TrainSampler` yields): the random
     transforms then draw from a generator seeded with ``seed``, so augmentation does not depend on the
@@ -138,18 +147,18 @@ class SegmentationDataset(Dataset):
             "image": image,
             "mask": mask.as_subclass(torch.Tensor).long(),
             "id": sample.id,
-            "size": torch.tensor(image.shape[-2:]),
+            "size": tuple(image.shape[-2:]),
         }
 
 
 def pad_collate(batch: list[dict[str, Any]], size: tuple[int, int] | None = None,
-                ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
+                ignore_index: int = IGNORE_INDEX, fixed: bool = False) -> dict[str, Any]:
     """Stack samples at the top-left of one canvas: ``size`` (H, W), grown to the largest image if that is
     larger, or the largest H and W when ``size`` is None. Images are padded with 0, masks with ``ignore_index``.
 
-    ``size`` [N, 2] keeps each image's own size, so the module fills the image padding with the network's
-    mean pixel and evaluation can undo the padding exactly; ``padded`` (a bool) says whether any image is
-    smaller than the canvas.
+    ``size`` (a list of (h, w) ints, host-side) keeps each image's own size, so the module fills the image
+    padding with the network's mean pixel and crops predictions back; ``padded`` says whether any image is
+    smaller than the canvas; ``canvas`` is ``size`` when ``fixed`` (fixed-shape evaluation), else None.
     """
     h = max(s["image"].shape[-2] for s in batch)
     w = max(s["image"].shape[-1] for s in batch)
@@ -163,11 +172,12 @@ def pad_collate(batch: list[dict[str, Any]], size: tuple[int, int] | None = None
             out[i, ..., : s[key].shape[-2], : s[key].shape[-1]] = s[key]
         return out
 
-    sizes = torch.stack([s["size"] for s in batch])
+    sizes = [tuple(int(v) for v in s["size"]) for s in batch]
     return {
         "image": stack("image", 0),
         "mask": stack("mask", ignore_index),
         "id": [s["id"] for s in batch],
         "size": sizes,
-        "padded": bool((sizes != torch.tensor([h, w])).any()),
+        "padded": any(hw != (h, w) for hw in sizes),
+        "canvas": tuple(size) if fixed and size is not None else None,
     }
