@@ -44,8 +44,11 @@ class ImagePooling(nn.Module):
         self.bn = PooledBatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1))))
-        return y.expand(-1, -1, *x.shape[-2:])
+        y = F.relu(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1)))).expand(-1, -1, *x.shape[-2:])
+        # Materialised in x's memory format: concatenated with a broadcast view, a channels-last ASPP output
+        # would fall back to the contiguous format (and every conv after it would convert).
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class ASPP(nn.Module):
