@@ -22,12 +22,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-REPO = Path(__file__).resolve().parents[1]
-PAPER_CONFIG = REPO / "experiments" / "v3_r101_os16_mg124_voc_513_30k_bs16.yaml"
+from paper_config import without_logger
+
+PAPER_CONFIG = "v3_r101_os16_mg124_voc_513_30k_bs16.yaml"
 
 
 def run_test(data_dir: Path, images: int, extra: list[str], cpu: bool) -> tuple[float, float]:
@@ -37,7 +37,8 @@ def run_test(data_dir: Path, images: int, extra: list[str], cpu: bool) -> tuple[
 
     size_range = (60, 90) if cpu else (375, 500)
     generate_toy_voc(data_dir, num_train=2, num_val=images, size_range=size_range, seed=0)  # not timed
-    args = ["test", "--config", str(without_logger(PAPER_CONFIG, data_dir.parent)), "--model.output_stride", "8", "--model.pretrained_backbone", "false",
+    args = ["test", "--config", str(without_logger(PAPER_CONFIG, data_dir.parent)), "--model.output_stride", "8",
+            "--model.pretrained_backbone", "false",
             "--trainer.logger", "false", "--trainer.default_root_dir", str(data_dir.parent),
             "--data", "deeplab_lightning.data.ToyVOCDataModule", "--data.init_args.data_dir", str(data_dir),
             "--data.init_args.num_train", "2", "--data.init_args.num_val", str(images),
@@ -80,15 +81,6 @@ def _test_loop_timer() -> Iterator[dict[str, float]]:
     finally:
         for name, original in originals.items():
             setattr(SegmentationModule, name, original)
-
-
-def without_logger(config: Path, folder: Path) -> Path:
-    """A copy of the paper config without its wandb logger (wandb need not be installed where this runs)."""
-    settings = yaml.safe_load(config.read_text())
-    settings["trainer"].pop("logger", None)
-    copy = folder / config.name
-    copy.write_text(yaml.safe_dump(settings))
-    return copy
 
 
 def main() -> None:

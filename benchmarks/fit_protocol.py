@@ -15,19 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-PAPER_CONFIG = REPO / "experiments" / "v3plus_r101_os16_mg124_voc_513_30k_bs16.yaml"
+from paper_config import without_logger
 
 
-def without_logger(config: Path, folder: Path) -> Path:
-    """A copy of the paper config without its wandb logger (wandb need not be installed where this runs)."""
-    settings = yaml.safe_load(config.read_text())
-    settings["trainer"].pop("logger", None)
-    copy = folder / config.name
-    copy.write_text(yaml.safe_dump(settings))
-    return copy
+PAPER_CONFIG = "v3plus_r101_os16_mg124_voc_513_30k_bs16.yaml"
 
 
 def main() -> None:
@@ -47,7 +38,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate_toy_voc(Path(tmp) / "voc", num_train=args.images, num_val=2, size_range=size_range, seed=0)
         cli_args = [
-            "fit", "--config", str(without_logger(PAPER_CONFIG, Path(tmp))), "--model.pretrained_backbone", "false",
+            "fit", "--config", str(without_logger(PAPER_CONFIG, Path(tmp))),
+            "--model.pretrained_backbone", "false",
             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", tmp,
             "--trainer.max_steps", str(args.steps), "--trainer.limit_val_batches", "0",
             "--trainer.default_root_dir", tmp, "--trainer.callbacks+=deeplab_lightning.callbacks.Throughput",
@@ -64,7 +56,7 @@ def main() -> None:
     throughput = next(c for c in cli.trainer.callbacks if isinstance(c, Throughput))
     result = {"argv": sys.argv, "steps": cli.trainer.global_step, "workers": args.workers,
               "img_per_s": throughput.img_per_s}
-    print(f"deeplab-lightning fit, {PAPER_CONFIG.name}: {throughput.img_per_s:.1f} img/s over steps "
+    print(f"deeplab-lightning fit, {PAPER_CONFIG}: {throughput.img_per_s:.1f} img/s over steps "
           f"{throughput.warmup_steps}-{cli.trainer.global_step} ({args.workers} workers)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -14,7 +14,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .data.classes import voc_palette
+from .data.classes import flat_palette, voc_palette
 from .evaluation import CRFSettings, EvaluationResults, Inference
 from .wandb_report import WandbReport  # noqa: F401  (so configs can name deeplab_lightning.callbacks.WandbReport)
 
@@ -203,7 +203,7 @@ def _check_stages(owner: str, stages: Sequence[str]) -> None:
 
 class _ConfigureInference(L.Callback):
     """Applies ``changes`` to the module's :class:`~deeplab_lightning.evaluation.Inference` for ``stages``
-    and restores the previous settings after each."""
+    and restores the settings it changed after each."""
 
     def __init__(self, stages: Sequence[str], **changes) -> None:
         unknown = set(stages) - {"fit", "validate", "test", "predict"}
@@ -218,8 +218,8 @@ class _ConfigureInference(L.Callback):
             self._previous = pl_module.configure_inference(**self.changes)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous is not None:
-            pl_module.configure_inference(self._previous)
+        if self._previous is not None:  # undo only this callback's changes: others may have changed the rest
+            pl_module.configure_inference(**{key: getattr(self._previous, key) for key in self.changes})
             self._previous = None
 
 
@@ -271,14 +271,13 @@ class SegmentationWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: list[torch.Tensor],
                            batch_indices, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        colours = getattr(trainer.datamodule, "palette", None) or voc_palette()
-        palette = np.zeros((256, 3), np.uint8)
-        palette[: len(colours)] = np.asarray(colours[:256], np.uint8)
+        flat = flat_palette(list(getattr(trainer.datamodule, "palette", None) or voc_palette()))
+        palette = np.asarray(flat, np.uint8).reshape(256, 3)
         (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
         for sample_id, labels, raw in zip(batch["id"], prediction, batch["image"]):
             labels = labels.cpu().numpy().astype(np.uint8)
             png = Image.fromarray(labels, mode="L").convert("P")
-            png.putpalette(palette.reshape(-1).tolist())
+            png.putpalette(flat)
             png.save(self.output_dir / f"{sample_id}.png")
             if self.overlays:
                 h, w = labels.shape

@@ -24,7 +24,7 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
 
     DeepLab V1/V2 train the newly added layers at 10x the learning rate (V1 section 4.1). Weight decay applies
     to conv/linear weights only, not to BatchNorm parameters and biases, as in the reference TensorFlow code.
-    Each group carries ``name`` and ``lr_mult`` so schedulers keep the ratio.
+    Each group carries a ``name``; schedulers scale each group's initial lr, so the ratio is kept.
     """
     backbone = getattr(model, "backbone", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
@@ -38,7 +38,7 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
     for (part, decay), params in sorted(groups.items()):
         mult = 1.0 if part == "backbone" else head_lr_mult
         result.append({
-            "params": params, "name": f"{part}{'' if decay else '_no_decay'}", "lr": lr * mult, "lr_mult": mult,
+            "params": params, "name": f"{part}{'' if decay else '_no_decay'}", "lr": lr * mult,
             "weight_decay": weight_decay if decay else 0.0,
         })
     return result

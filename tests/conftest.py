@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -29,3 +30,36 @@ def toy_settings() -> dict:
 
 
 TINY_TOY = {"num_train": 16, "num_val": 6, "size_range": (64, 80), "seed": 1}
+
+
+def _write_config(tmp_path: Path, toy_dir: Path, toy_settings: dict, max_steps: int = 2) -> Path:
+    """A small CLI config (V3+ ResNet-18, toy data, CPU) written to ``tmp_path/config.yaml``."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False,
+            "default_root_dir": str(tmp_path), "enable_progress_bar": False, "num_sanity_val_steps": 0,
+            "val_check_interval": max_steps, "check_val_every_n_epoch": None,
+            "callbacks": [
+                {"class_path": "deeplab_lightning.callbacks.PolyLR"},
+                {"class_path": "deeplab_lightning.callbacks.IoUTable"},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(tmp_path / "ckpt"), "filename": "best", "monitor": "val/mIoU",
+                               "mode": "max", "save_last": True}},
+            ],
+        },
+        "model": {"arch": "deeplabv3plus_resnet18", "model_kwargs": {"aspp_channels": 16, "decoder_channels": 16},
+                  "lr": 0.01},
+        "data": {"class_path": "deeplab_lightning.data.ToyVOCDataModule",
+                 "init_args": {"data_dir": str(toy_dir), **toy_settings, "crop_size": 64, "batch_size": 2,
+                               "val_batch_size": 3, "num_workers": 0}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def write_config():
+    """``write_config(folder, toy_dir, toy_settings, max_steps=2)`` -> path of a small CLI config."""
+    return _write_config

@@ -9,38 +9,13 @@ import torch
 import yaml
 
 from deeplab_lightning.cli import main
+from deeplab_lightning.evaluation import Inference
 from deeplab_lightning.module import SegmentationModule
 
 from conftest import REPO
 
 
-def write_config(tmp_path, toy_dir, toy_settings, max_steps=2):
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False,
-            "default_root_dir": str(tmp_path), "enable_progress_bar": False, "num_sanity_val_steps": 0,
-            "val_check_interval": max_steps, "check_val_every_n_epoch": None,
-            "callbacks": [
-                {"class_path": "deeplab_lightning.callbacks.PolyLR"},
-                {"class_path": "deeplab_lightning.callbacks.IoUTable"},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(tmp_path / "ckpt"), "filename": "best", "monitor": "val/mIoU",
-                               "mode": "max", "save_last": True}},
-            ],
-        },
-        "model": {"arch": "deeplabv3plus_resnet18", "model_kwargs": {"aspp_channels": 16, "decoder_channels": 16},
-                  "lr": 0.01},
-        "data": {"class_path": "deeplab_lightning.data.ToyVOCDataModule",
-                 "init_args": {"data_dir": str(toy_dir), **toy_settings, "crop_size": 64, "batch_size": 2,
-                               "val_batch_size": 3, "num_workers": 0}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, toy_settings, capsys):
+def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, toy_settings, capsys, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
     cli = main(["fit", "--config", str(config)])
     assert cli.trainer.global_step == 2
@@ -53,8 +28,9 @@ def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, to
     reloaded = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
     for (name, a), b in zip(cli.model.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), name
+    validated = cli.trainer.callback_metrics["val/mIoU"].item()  # the last step's weights, on the val split
     cli = main(["test", "--config", str(config), "--ckpt_path", str(last)])
-    assert 0.0 <= cli.trainer.callback_metrics["test/mIoU"].item() <= 1.0
+    assert cli.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(validated, abs=1e-6)  # test = val
 
 
 def test_quickstart_config_parses(capsys):
@@ -66,7 +42,7 @@ def test_quickstart_config_parses(capsys):
     assert printed["data"]["class_path"] == "deeplab_lightning.data.ToyVOCDataModule"
 
 
-def test_unknown_model_name_fails_with_the_list(tmp_path, toy_dir, toy_settings):
+def test_unknown_model_name_fails_with_the_list(tmp_path, toy_dir, toy_settings, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
     with pytest.raises(ValueError, match="deeplabv3plus_resnet101"):
         main(["fit", "--config", str(config), "--model.arch", "deeplab_unknown"])
@@ -81,7 +57,7 @@ def test_console_entry_points_answer_help():
             assert sub in out.stdout
 
 
-def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_settings):
+def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_settings, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
     script = Path(sys.executable).parent / "deeplab-lightning"
     ok = subprocess.run([str(script), "check-data", "--config", str(config)], capture_output=True, text=True,
@@ -101,19 +77,31 @@ def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_
     assert "toy_val_00002.jpg" in bad.stdout and "1 problem(s) found" in bad.stdout
 
 
-def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys):
+def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
     main(["fit", "--config", str(config)])
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    # Multi-scale + flip alone, with the eval config's scales. (Run first: in one process, jsonargparse carries
+    # a previous command's callbacks into a later "callbacks+=".)
+    ms_only = main(["test", "--config", str(config), "--trainer.callbacks+=deeplab_lightning.callbacks."
+                    "MultiScaleInference", "--trainer.callbacks.scales", "[0.75, 1.0, 1.25, 1.5]",
+                    "--trainer.callbacks.stages", "[test]", "--ckpt_path", last])
     eval_config = REPO / "experiments" / "quickstart_eval_ms_flip_crf.yaml"
     cli = main(["test", "--config", str(config), "--config", str(eval_config),
-                "--trainer.enable_progress_bar", "true", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+                "--trainer.enable_progress_bar", "true", "--ckpt_path", last])
     metrics = cli.trainer.callback_metrics
-    assert 0 <= metrics["test/mIoU"] <= 1 and 0 <= metrics["test/unrefined/mIoU"] <= 1
+    assert cli.model.evaluation_results("test").mIoU == pytest.approx(metrics["test/mIoU"].item())
+    # Before refinement is exactly multi-scale + flip alone; the CRF changes the predictions.
+    assert metrics["test/unrefined/mIoU"].item() == pytest.approx(
+        ms_only.trainer.callback_metrics["test/mIoU"].item(), abs=1e-6)
+    refined, unrefined = cli.model.evaluation_results("test"), cli.model.evaluation_results("test/unrefined")
+    assert not torch.equal(refined.confmat, unrefined.confmat)
+    assert cli.model.inference == Inference()  # both callbacks' changes undone after the stage
     out = capsys.readouterr().out
     assert "Test, before refinement" in out and "mean IoU" in out
 
 
-def test_predict_on_a_folder_writes_palette_pngs_and_overlays(tmp_path, toy_dir, toy_settings):
+def test_predict_on_a_folder_writes_palette_pngs_and_overlays(tmp_path, toy_dir, toy_settings, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
     main(["fit", "--config", str(config)])
     images = tmp_path / "images"
@@ -143,7 +131,7 @@ def test_predict_on_a_folder_writes_palette_pngs_and_overlays(tmp_path, toy_dir,
     ("deeplabv3plus_resnet18", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's ImageNet weights
 ])
 def test_validate_feeds_the_first_convolution_the_range_its_weights_expect(
-        tmp_path, toy_dir, toy_settings, monkeypatch, arch, mean, std):
+        tmp_path, toy_dir, toy_settings, monkeypatch, arch, mean, std, write_config):
     seen = []
     forward = torch.nn.Conv2d.forward
 
@@ -164,7 +152,7 @@ def test_validate_feeds_the_first_convolution_the_range_its_weights_expect(
 
 
 def test_the_data_modules_ignore_label_reaches_loss_metrics_and_padding(tmp_path, toy_dir, toy_settings,
-                                                                        monkeypatch):
+                                                                        monkeypatch, write_config):
     from deeplab_lightning.data import ToyVOCDataModule
 
     config = write_config(tmp_path, toy_dir, toy_settings)

@@ -9,12 +9,11 @@ import yaml
 from deeplab_lightning.cli import main
 from deeplab_lightning.data import generate_toy_voc
 
-from test_cli import write_config
 
 SETTINGS = {"num_train": 16, "num_val": 5, "size_range": (64, 80), "seed": 2}  # 5 val images: shards of 3 + 2
 
 
-def test_two_process_ddp_fit_matches_single_process_metric(tmp_path):
+def test_two_process_ddp_fit_matches_single_process_metric(tmp_path, write_config):
     toy = tmp_path / "toy"
     generate_toy_voc(toy, **SETTINGS)
     path = write_config(tmp_path, toy, SETTINGS, max_steps=5)

@@ -70,8 +70,7 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
     module.net.forward = lambda x: calls.append(x.shape[0]) or original(x)
     callback = MultiScaleInference(scales=(0.75, 1.0), flip=True, stages=["test"])
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
-    result = trainer.test(module, datamodule=dm, verbose=False)[0]
-    assert 0 <= result["test/mIoU"] <= 1
+    trainer.test(module, datamodule=dm, verbose=False)
     assert len(calls) == 2 * 6 and set(calls) == {2}  # 2 scales per image, original + flip in one batch
     assert module.inference == Inference()  # restored after the stage
     calls.clear()

@@ -9,12 +9,11 @@ import yaml
 from deeplab_lightning.cli import main
 
 from conftest import REPO
-from test_cli import write_config
 
 STEPS, EVERY, KILL_AT = 14, 5, 12  # 8 batches per epoch: the last checkpoint (step 10) is mid-epoch 1
 
 
-def _config(tmp_path, toy_dir, toy_settings, name, extra_callbacks=()):
+def _config(write_config, tmp_path, toy_dir, toy_settings, name, extra_callbacks=()):
     run_dir = tmp_path / name
     run_dir.mkdir()
     path = write_config(run_dir, toy_dir, toy_settings, max_steps=STEPS)
@@ -33,8 +32,8 @@ def _config(tmp_path, toy_dir, toy_settings, name, extra_callbacks=()):
     return path
 
 
-def test_killed_fit_resumes_exactly_from_last_ckpt(tmp_path, toy_dir, toy_settings):
-    killed = _config(tmp_path, toy_dir, toy_settings, "killed",
+def test_killed_fit_resumes_exactly_from_last_ckpt(tmp_path, toy_dir, toy_settings, write_config):
+    killed = _config(write_config, tmp_path, toy_dir, toy_settings, "killed",
                      [{"class_path": "killer.KillAtStep", "init_args": {"step": KILL_AT}}])
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests"), OMP_NUM_THREADS=str(torch.get_num_threads()))
     out = subprocess.run([sys.executable, "-m", "deeplab_lightning", "fit", "--config", str(killed)],
@@ -44,9 +43,9 @@ def test_killed_fit_resumes_exactly_from_last_ckpt(tmp_path, toy_dir, toy_settin
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 10 and saved["epoch"] == 1
 
-    resume_config = _config(tmp_path, toy_dir, toy_settings, "resumed")
+    resume_config = _config(write_config, tmp_path, toy_dir, toy_settings, "resumed")
     resumed = main(["fit", "--config", str(resume_config), "--ckpt_path", str(last)])
-    reference = main(["fit", "--config", str(_config(tmp_path, toy_dir, toy_settings, "uninterrupted"))])
+    reference = main(["fit", "--config", str(_config(write_config, tmp_path, toy_dir, toy_settings, "uninterrupted"))])
 
     assert resumed.trainer.global_step == reference.trainer.global_step == STEPS
     lrs = [[g["lr"] for g in cli.trainer.optimizers[0].param_groups] for cli in (resumed, reference)]

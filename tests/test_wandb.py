@@ -5,10 +5,9 @@ import yaml
 
 from deeplab_lightning.cli import main
 
-from test_cli import write_config
 
 
-def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_settings, monkeypatch):
+def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_settings, monkeypatch, write_config):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     path = write_config(tmp_path, toy_dir, toy_settings, max_steps=2)

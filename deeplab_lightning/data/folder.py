@@ -6,16 +6,14 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .base import SegmentationDataModule
-from .classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES, voc_palette
+from .cityscapes import CityscapesDataModule
 from .dataset import Sample
-from .toy import TOY_CLASSES
+from .toy import ToyVOCDataModule
+from .voc import VOCDataModule
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-CLASS_SETS = {
-    "voc": (VOC_CLASSES, tuple(voc_palette())),
-    "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
-    "toy": (TOY_CLASSES, tuple(voc_palette())),
-}
+# The label sets a model can have been trained on: their data modules' class names and palettes.
+CLASS_SETS = {"voc": VOCDataModule, "cityscapes": CityscapesDataModule, "toy": ToyVOCDataModule}
 
 
 class ImageFolderDataModule(SegmentationDataModule):
@@ -33,7 +31,7 @@ class ImageFolderDataModule(SegmentationDataModule):
         kwargs.setdefault("test_split", "images")
         super().__init__(**kwargs)
         self.image_dir = Path(image_dir)
-        self.class_names, self.palette = CLASS_SETS[classes]
+        self.class_names, self.palette = CLASS_SETS[classes].class_names, CLASS_SETS[classes].palette
 
     def samples(self, split: str) -> list[Sample]:
         if not self.image_dir.is_dir():
