@@ -13,16 +13,14 @@ back to each image.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from .crf import dense_crf
-from .inference import predict_multiscale, sliding_window
-
-Model = Callable[[torch.Tensor], torch.Tensor]
+from .inference import Model, predict_multiscale, sliding_window
 
 
 @dataclass(frozen=True)
@@ -100,11 +98,7 @@ class Inference:
     def refine(self, image: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Log-probabilities [C,h,w] after the dense CRF, for one uint8 image [3,h,w] and its scores [C,h,w]."""
         assert self.crf is not None
-        probs = scores.float().softmax(0)
-        crf = self.crf
-        refined = dense_crf(image.permute(1, 2, 0).contiguous(), probs, iterations=crf.iterations, bi_w=crf.bi_w,
-                            bi_xy_std=crf.bi_xy_std, bi_rgb_std=crf.bi_rgb_std, pos_w=crf.pos_w,
-                            pos_xy_std=crf.pos_xy_std)
+        refined = dense_crf(image.permute(1, 2, 0).contiguous(), scores.float().softmax(0), **asdict(self.crf))
         return refined.clamp_min(1e-12).log()
 
 

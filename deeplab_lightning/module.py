@@ -110,8 +110,9 @@ class SegmentationModule(L.LightningModule):
     training step, so dropout draws the same masks in a run resumed from a checkpoint.
 
     Batches are dicts with ``"image"`` [N,3,H,W] RGB in [0, 255] (uint8 from the data modules; the network
-    normalises it) and ``"mask"`` long [N,H,W]; padded batches describe each image's own H, W in ``"size"``
-    long [N,2] and set ``"padded"`` (see :meth:`fill_padding`).
+    normalises it) and ``"mask"`` long [N,H,W]; padded batches give each image's own (H, W) in ``"size"`` (a
+    list of ints, read on the host without a GPU sync), set ``"padded"`` (see :meth:`fill_padding`) and, for
+    fixed-shape evaluation, ``"canvas"`` (see :meth:`predict_scores`).
     """
 
     def __init__(
