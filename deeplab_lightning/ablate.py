@@ -23,6 +23,7 @@ An ablation file (YAML; paths relative to it)::
 A dotted key that reaches a ``class_path`` entry continues in its ``init_args`` (``data.batch_size`` means
 ``data.init_args.batch_size``). A finished run (its ``result.json`` beside an unchanged ``run.yaml``) is
 not trained again: rerun the command after an interruption and it continues; ``--force`` retrains all.
+``--set KEY=VALUE`` (repeatable) overrides a key in every run, after the file's ``set``.
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
-from .callbacks import DenseCRFRefinement, MultiScaleInference, Throughput
+from .callbacks import DenseCRFRefinement, MultiScaleInference, ProgressBar, Throughput
 from .plots import ablation_figure
 
+MIN_THROUGHPUT_STEPS = 50  # fewer measured training steps than this: images/s are too noisy to compare runs
 METRICS = {"mIoU": "mIoU", "mIoU_ms_flip": "+MS/flip", "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
 ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate"}
 
@@ -186,7 +188,7 @@ def _validate(cli: Any, callbacks: list[L.Callback]) -> tuple[dict[str, float], 
     """Validate the trained model with ``callbacks``; returns ({stage: mIoU}, seconds)."""
     on_gpu = cli.trainer.strategy.root_device.type == "cuda"
     trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
-                        logger=False, callbacks=callbacks, enable_model_summary=False, enable_progress_bar=False)
+                        logger=False, callbacks=[*callbacks, ProgressBar(leave=False)], enable_model_summary=False)
     start = time.perf_counter()
     trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     seconds = time.perf_counter() - start
@@ -210,6 +212,7 @@ def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
         "train_img_s": throughput.img_per_s if throughput else None,
+        "train_img_s_steps": cli.trainer.global_step - throughput.warmup_steps if throughput else None,
         "eval_img_s": num_val / seconds,
         "mIoU": plain["val"],
         "steps": cli.trainer.global_step,
@@ -262,8 +265,12 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     ablation_figure(rows, METRICS, title).savefig(out_dir / "report.png", dpi=120)
     compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
     table = Table(title=title)
-    for key, header in compact:
-        table.add_column(header, justify="left" if key == "run" else "right")
+    longest = max((len(str(row["run"])) for row in rows), default=3)
+    for key, header in compact:  # the run name is never cut: it tells the runs apart (other columns wrap)
+        if key == "run":
+            table.add_column(header, no_wrap=True, min_width=longest)
+        else:
+            table.add_column(header, justify="right")
     for row in rows:
         table.add_row(*(_cell(row, k) for k, _ in compact))
     return table
@@ -292,18 +299,34 @@ def run_ablation(ablation: Ablation, force: bool = False, console: Console | Non
         gc.collect()
     table = write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}")
     console.print(table)
+    short = [r["run"] for r in rows if (r.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+    if short:
+        console.print(f"note: train img/s of {len(short)} run(s) is measured over fewer than {MIN_THROUGHPUT_STEPS} "
+                      f"steps after warm-up: too short to compare speeds (raise trainer.max_steps)")
     console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}")
     return rows
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"trainer.max_steps=20"`` -> ``("trainer.max_steps", 20)`` (the value read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. trainer.max_steps=20), got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deeplab-lightning ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="ablation YAML (see experiments/ablations/)")
+    parser.add_argument("--set", type=parse_assignment, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted config key in every run, after the file's set: (repeatable), "
+                             "e.g. --set trainer.max_steps=20 --set data.batch_size=8")
     parser.add_argument("--output-dir", help="where runs and the report go (overrides the file's output_dir)")
     parser.add_argument("--force", action="store_true", help="retrain runs that finished before")
     parser.add_argument("--dry-run", action="store_true", help="write and check every run's config, train nothing")
     args = parser.parse_args(argv)
     ablation = load_ablation(args.file, args.output_dir)
+    ablation.set.update(dict(args.set))
     if args.dry_run:
         return dry_run(ablation)
     run_ablation(ablation, force=args.force)

@@ -45,7 +45,11 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
     all_problems = []
     columns = []
     for split in splits:
-        dataset = datamodule.dataset(split)
+        try:
+            dataset = datamodule.dataset(split)
+        except (OSError, ValueError) as err:  # a missing or malformed split list: report it, check the rest
+            all_problems.append(f"split {split!r}: {err}")
+            continue
         counts, ignored, problems = class_pixel_counts(dataset, f"checking {split}")
         all_problems += problems
         total = max(int(counts.sum()), 1)

@@ -1,20 +1,51 @@
-"""Checkpoint writing that never leaves a truncated file behind."""
+"""Checkpoint writing that never leaves a truncated file behind, and reading that names a bad file."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid <= 0:  # os.kill(0 or -1, ...) would address process groups
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by writers that no longer run (a save killed
+    midway); returns what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.tmp$")
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        match = pattern.match(tmp.name)
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, flushes it to disk, then renames it
     over the target (``os.replace`` is atomic on one filesystem). A run killed while saving keeps the
-    previous ``last.ckpt`` intact. Lightning's own save stages the file in the system temp folder, whose move
-    is a copy when that is another filesystem. URLs (``s3://`` ...) fall back to Lightning's writer.
-    The ``deeplab-lightning`` command uses this plugin by default.
+    previous ``last.ckpt`` intact, and the next save removes the temporary file the killed one left. Lightning's
+    own save stages the file in the system temp folder, whose move is a copy when that is another filesystem.
+    URLs (``s3://`` ...) fall back to Lightning's writer.
+
+    Reading a file that is empty, truncated or not a checkpoint raises a ``ValueError`` naming the file.
+    The ``deeplab-lightning`` command installs this plugin unless another checkpoint IO plugin is configured.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
@@ -23,6 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -30,6 +62,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise OSError(err.errno, f"Could not write checkpoint {path}: {err.strerror or err}. The previous "
+                                         f"file there, if any, is unchanged; free disk space or choose another "
+                                         f"folder") from err
             raise
+
+    def load_checkpoint(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch.load's errors name neither the file nor the problem (EOFError, KeyError)
+            size = os.path.getsize(path) if os.path.isfile(path) else None
+            what = "is empty (0 bytes)" if size == 0 else f"is not a readable PyTorch checkpoint ({err!r})"
+            raise ValueError(f"Checkpoint {path} {what}: it may be truncated or another kind of file. Use "
+                             f"another checkpoint of the run (last.ckpt or best.ckpt)") from err
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ValueError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'); pass a "
+                             f"checkpoint written by deeplab-lightning fit")
+        return checkpoint
+
+
+def install_atomic_checkpoint_io(strategy: Any) -> None:
+    """Use :class:`AtomicCheckpointIO` for ``strategy`` unless the user configured their own checkpoint IO."""
+    current = strategy.checkpoint_io
+    if type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    elif not isinstance(current, AtomicCheckpointIO):
+        rank_zero_warn(f"Checkpoints are written by the configured {type(current).__name__}, not by "
+                       f"deeplab_lightning's AtomicCheckpointIO: a save killed midway may leave a broken file")

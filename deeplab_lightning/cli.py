@@ -5,15 +5,26 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
+import torch
 import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
 
+from .callbacks import FinalValidation, NetworkSummary, PreemptionCheckpoint, SegmentationWriter
+from .checkpoint_io import install_atomic_checkpoint_io
 from .data.base import SegmentationDataModule
 from .module import SegmentationModule
+from .quiet import drop_wandb_anonymous, silence_third_party_noise
+from .run_folder import ENV_RUN_DIR, claim_run_folder, relocate, release_run_folder
 from .run_info import run_info
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 def default_wandb_mode() -> None:
@@ -26,29 +37,75 @@ def default_wandb_mode() -> None:
     os.environ["WANDB_MODE"] = "offline"
 
 
+def unused_path(path: Path) -> Path:
+    """``path`` if free, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>`` ..."""
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = None) -> str:
+    """Where a finished fit wrote its checkpoints (the best with its score and step), config and logs, and the
+    command that tests its best checkpoint."""
+    lines = [f"Run folder: {log_dir}"]
+    best = None
+    for callback in trainer.checkpoint_callbacks:
+        if callback.best_model_path:
+            best = callback.best_model_path
+            step = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+            score = "" if callback.best_model_score is None else (
+                f"{callback.monitor} {float(callback.best_model_score):.4f} at ")
+            lines.append(f"  best checkpoint: {best} ({score}step {step})")
+        if callback.last_model_path:
+            lines.append(f"  last checkpoint: {callback.last_model_path} (step {trainer.global_step})")
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveRunConfig) and callback.saved_to is not None:
+            lines.append(f"  config: {callback.saved_to}")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            mode = os.environ.get("WANDB_MODE", "online")
+            run = logger.experiment
+            where = f"{Path(run.dir).parent} (sync later: wandb sync {Path(run.dir).parent})" if mode == "offline" \
+                else (run.url or Path(run.dir).parent)
+            lines.append(f"  wandb run ({mode}): {where}")
+        elif logger.log_dir:
+            lines.append(f"  {type(logger).__name__} logs: {logger.log_dir}")
+    if best is not None:
+        lines.append(" ".join(["Test it: deeplab-lightning test", *(f"--config {c}" for c in configs or []),
+                               f"--ckpt_path {best}"]))
+    return "\n".join(lines)
+
+
 class SaveRunConfig(SaveConfigCallback):
-    """Besides LightningCLI's ``config.yaml`` in the log folder, writes ``run_info.json`` (git commit, package
-    versions, command line) there, and sends the resolved config and the run info to the logger (the wandb
-    run's config), so every run can be traced and compared by any setting."""
+    """A fit writes its resolved ``config.yaml`` and ``run_info.json`` (git commit, package versions, command
+    line) to the run folder (a resumed fit adds ``config-2.yaml`` ..., never replacing the first); every command
+    sends the resolved config and the run info to the logger (the wandb run's config), so every run can be
+    traced and compared by any setting. Evaluation and prediction write no files here."""
+
+    saved_to: Path | None = None  # the config file this fit wrote
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.log_dir = trainer.log_dir  # a collective under DDP: every process must ask, not only rank 0
-        super().setup(trainer, pl_module, stage)
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir if stage == "fit" else None  # a collective under DDP: every process asks
+        if trainer.is_global_zero:
+            if log_dir is not None:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                self.saved_to = unused_path(Path(log_dir) / self.config_filename)
+                self.parser.save(self.config, self.saved_to, skip_none=False, multifile=self.multifile)
+                unused_path(Path(log_dir) / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        info = run_info()
-        if self.log_dir is not None:
-            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.log_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
         if trainer.logger is not None:
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             config.pop("config", None)
-            trainer.logger.log_hyperparams({"config": config, "run_info": info})
-
-
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "plugins": [{"class_path": "deeplab_lightning.checkpoint_io.AtomicCheckpointIO"}],
-}
+            trainer.logger.log_hyperparams({"config": config, "run_info": run_info()})
 
 
 class DeepLabCLI(LightningCLI):
@@ -58,7 +115,73 @@ class DeepLabCLI(LightningCLI):
     hyperparameters (LightningCLI's default would silently override them): evaluating a model trained at
     output stride 16 at ``--model.output_stride 8`` is how the papers test. A checkpoint of another
     architecture or number of classes is refused by ``SegmentationModule.on_load_checkpoint``.
+
+    A fit claims its run folder (:mod:`deeplab_lightning.run_folder`: a new ``<folder>-N`` when the configured
+    one holds another run), and saves ``last.ckpt`` and exits with status 143 when SIGTERM stops it
+    (:class:`~deeplab_lightning.callbacks.PreemptionCheckpoint`). Checkpoints are written atomically
+    (:class:`~deeplab_lightning.checkpoint_io.AtomicCheckpointIO`) whatever ``trainer.plugins`` holds;
+    ``predict`` writes PNGs (a :class:`~deeplab_lightning.callbacks.SegmentationWriter` unless one is set).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_dir: Path | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException as err:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.received_sigterm:
+                raise SystemExit(PREEMPTED_EXIT_CODE) from err
+            raise
+        finally:
+            if self.run_dir is not None:
+                release_run_folder(self.run_dir)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        self._configure_wandb(config.trainer)
+        if self.subcommand == "fit":
+            self._claim_run_folder(config)
+
+    def _configure_wandb(self, trainer_config: Any) -> None:
+        """wandb runs only for fit, validate and test, each with its ``job_type`` (fit, validate, test) so
+        the project tells them apart; predict logs nothing."""
+        loggers = trainer_config.logger if isinstance(trainer_config.logger, list) else [trainer_config.logger]
+        wandb = [lg for lg in loggers if hasattr(lg, "class_path") and lg.class_path.endswith("WandbLogger")]
+        if self.subcommand == "predict":
+            kept = [lg for lg in loggers if lg not in wandb and lg not in (None, False, True)]
+            trainer_config.logger = kept or False
+            return
+        for logger in wandb:
+            if logger.init_args.get("job_type") is None:
+                logger.init_args["job_type"] = self.subcommand
+
+    PREFLIGHT_SPLITS = {"fit": ("train_split", "val_split"), "validate": ("val_split",), "test": ("test_split",)}
+
+    def _preflight(self) -> None:
+        """Fail on a missing checkpoint or split before anything starts (a wandb run, data workers)."""
+        ckpt_path = self.config[self.subcommand].ckpt_path
+        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
+        for attr in self.PREFLIGHT_SPLITS[self.subcommand]:
+            split = getattr(self.datamodule, attr, None)
+            if split is not None and hasattr(self.datamodule, "samples"):
+                self.datamodule.samples(split)
+
+    before_fit = before_validate = before_test = _preflight
+
+    def _claim_run_folder(self, config: Any) -> None:
+        """Choose and lock the fit's run folder (rank 0; the processes DDP starts inherit the choice) and move
+        every output path of the config into it."""
+        root = config.trainer.default_root_dir
+        if root is None:
+            return
+        if rank_zero_only.rank == 0:
+            self.run_dir = claim_run_folder(Path(root), config.ckpt_path)
+            os.environ[ENV_RUN_DIR] = str(self.run_dir)  # inherited by the processes DDP starts
+            run_dir = self.run_dir
+        else:
+            run_dir = Path(os.environ.get(ENV_RUN_DIR, root))
+        relocate(config, Path(root), run_dir)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -68,33 +191,66 @@ class DeepLabCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         return None
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--output_dir", type=Optional[str], default=None,
+                                help="Folder for the predicted PNGs and overlays (default: "
+                                     "<trainer.default_root_dir>/predictions, or predictions-N if that exists)")
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="Replace predictions already in output_dir (otherwise they are refused)")
+        return parser
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_checkpoint_io(trainer.strategy)
+        for logger in trainer.loggers:
+            drop_wandb_anonymous(logger)
+        if self.subcommand == "fit":
+            trainer.callbacks[:0] = [PreemptionCheckpoint(), FinalValidation(), NetworkSummary()]
+        if self.subcommand == "predict":
+            self._configure_writers(trainer)
+        return trainer
+
+    def after_fit(self) -> None:
+        """The last lines of a fit: where its checkpoints, config and logs are, and the next command."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every process asks
+        if self.trainer.is_global_zero:
+            Console().print(run_summary(self.trainer, log_dir, self.config["fit"].config), highlight=False,
+                            soft_wrap=True)
+
+    def _configure_writers(self, trainer: L.Trainer) -> None:
+        """``predict`` writes PNGs: a :class:`SegmentationWriter` is added when none is configured, and
+        ``--output_dir`` / ``--overwrite`` apply to it."""
+        config = self.config["predict"]
+        writers = [c for c in trainer.callbacks if isinstance(c, SegmentationWriter)]
+        if not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            output_dir = config.output_dir or unused_path(Path(trainer.default_root_dir) / "predictions")
+            writers.append(SegmentationWriter(str(output_dir)))
+            trainer.callbacks.append(writers[-1])
+        for writer in writers:
+            if config.output_dir is not None:
+                writer.output_dir = Path(config.output_dir)
+            writer.overwrite = writer.overwrite or config.overwrite
+
 
 def main(args: list[str] | None = None) -> DeepLabCLI:
     """Run the command line; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks)."""
     default_wandb_mode()
-    return DeepLabCLI(
-        SegmentationModule,
-        SegmentationDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_callback=SaveRunConfig,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults=TRAINER_DEFAULTS,
-        parser_kwargs={"allow_abbrev": False},  # a misspelt key is an error, never a prefix match
-        args=args,
-    )
-
-
-def console_main() -> None:
-    """The ``deeplab-lightning`` console script: LightningCLI's subcommands, plus ``check-data`` and
-    ``ablate``."""
-    if len(sys.argv) > 1 and sys.argv[1] == "check-data":
-        from .check_data import main as check_data_main
-
-        sys.exit(check_data_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "ablate":
-        from .ablate import main as ablate_main
-
-        default_wandb_mode()
-        sys.exit(ablate_main(sys.argv[2:]))
-    main()
+    silence_third_party_noise()
+    argv = sys.argv
+    if args is not None:  # LightningCLI warns when sys.argv holds arguments too (pytest's, a notebook kernel's)
+        sys.argv = argv[:1]
+    try:
+        return DeepLabCLI(
+            SegmentationModule,
+            SegmentationDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_callback=SaveRunConfig,
+            trainer_defaults={"enable_model_summary": False},  # NetworkSummary instead (see quiet.py)
+            parser_kwargs={"allow_abbrev": False},  # a misspelt key is an error, never a prefix match
+            args=args,
+        )
+    finally:
+        sys.argv = argv

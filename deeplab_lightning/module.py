@@ -1,21 +1,27 @@
 """SegmentationModule: the LightningModule that trains and evaluates any DeepLab variant."""
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from torch import nn
 
+from .data.dataset import image_tensor, pad_collate
 from .data.sampling import derive_seed
-from .evaluation import EvaluationResults, Inference
+from .data.transforms import crop_pair
+from .evaluation import CRFSettings, EvaluationResults, Inference, smallest_eval_size
 from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
-from .models import create_model
+from .models import ModelName, create_model
 from .run_info import run_info
 
 
@@ -75,7 +81,8 @@ class SegmentationModule(L.LightningModule):
     """Trains any net mapping images [N,3,H,W] to logits [N,C,H,W] with pixel-wise cross-entropy.
 
     Args:
-        arch: a model name from :func:`deeplab_lightning.models.list_models` or an ``nn.Module``.
+        arch: a model name from :func:`deeplab_lightning.models.list_models` (the command line lists them in
+            ``--help`` and refuses others when parsing), or, from Python, any ``nn.Module``.
         num_classes: number of classes (linked from the data module by the command line).
         output_stride: passed to :func:`create_model` when ``arch`` is a name (None: the paper's value).
         pretrained_backbone: load ImageNet weights into the backbone when ``arch`` is a name.
@@ -99,11 +106,20 @@ class SegmentationModule(L.LightningModule):
         nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop before the next step, checkpoint
             or validation, naming the step and the batch's sample ids; no host sync in the step), ``skip``
             (warn and skip that optimizer step; the step waits for the loss on the host) or ``ignore``.
+            Whatever the choice, no checkpoint is written from non-finite weights, and a non-finite
+            evaluation loss stops the run (before the checkpoint of that validation).
+        max_skipped_share: with ``nonfinite_loss: skip``, the run fails once the skipped steps exceed this
+            share of the run's steps (``max_steps``): a run that skips most steps has not trained.
         sync_batchnorm: synchronise BatchNorm statistics across processes. None (default): on when training
             on more than one GPU, off otherwise (PyTorch's SyncBatchNorm runs on GPUs only). The papers compute
             BN statistics over the whole batch (V3 section 4.1); under DDP only SyncBN does that.
         ignore_index: label excluded from the loss and the metrics (linked from the data module's
             ``ignore_index`` by the command line; 255 in VOC and Cityscapes).
+        class_weights: per-class weights of the cross-entropy (one per class; e.g. inverse frequencies from
+            ``deeplab-lightning check-data``), for imbalanced data. Not in the papers; None: unweighted.
+        top_k_percent_pixels: online hard example mining as in the TF reference's loss
+            (``top_k_percent_pixels``): only the hardest fraction of the batch's pixels count (the papers and
+            the default: 1.0, every pixel; 0.25 keeps the hardest quarter). Ignored pixels count as zero loss.
         class_names: names used for the per-class IoU logs (linked from the data module).
 
     With ``seed_everything`` the global random state is re-seeded from (seed, rank, step) before every
@@ -117,7 +133,7 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(
         self,
-        arch: str | nn.Module = "deeplabv3plus_resnet101",
+        arch: ModelName = "deeplabv3plus_resnet101",
         num_classes: int = 21,
         *,
         output_stride: int | None = None,
@@ -134,9 +150,12 @@ class SegmentationModule(L.LightningModule):
         msc_scales: Sequence[float] | None = None,
         bn_momentum: float | None = None,
         nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
+        max_skipped_share: float = 0.01,
         sync_batchnorm: bool | None = None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
+        class_weights: Sequence[float] | None = None,
+        top_k_percent_pixels: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["arch"] if isinstance(arch, nn.Module) else None)
@@ -157,6 +176,13 @@ class SegmentationModule(L.LightningModule):
         self.net.to(memory_format=self.memory_format)
         if compile:
             self.net.compile(**(compile if isinstance(compile, dict) else {}))
+        if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) < 0):
+            raise ValueError(f"model.class_weights needs {num_classes} non-negative weights (one per class), got "
+                             f"{list(class_weights)}")
+        if not 0 < top_k_percent_pixels <= 1:
+            raise ValueError(f"model.top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
+        self.register_buffer("class_weights", None if class_weights is None else torch.tensor(
+            class_weights, dtype=torch.float32), persistent=False)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
         self.num_classes = num_classes
@@ -168,6 +194,9 @@ class SegmentationModule(L.LightningModule):
         self.unrefined_metrics = nn.ModuleDict(
             {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")})
         self._loss_check: _LossCheck | None = None  # the last step's loss, checked at the next hook
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss (nonfinite_loss: skip)
+        self._checkpoint_step: int | None = None  # the step of the last checkpoint loaded
+        self._eval_nonfinite: torch.Tensor | None = None  # whether any evaluation loss was NaN/Inf (on device)
 
     def setup(self, stage: str) -> None:
         """Switch BatchNorm to SyncBatchNorm for a multi-GPU fit (see ``sync_batchnorm``)."""
@@ -189,6 +218,14 @@ class SegmentationModule(L.LightningModule):
 
     def _net(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
+
+    @property
+    def weights_step(self) -> int:
+        """The training step of the current weights: the global step while fitting, else the step of the
+        checkpoint loaded for validate / test / predict (Lightning restores no loop there, so its global step
+        reads 0)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return self.global_step if fitting or self._checkpoint_step is None else self._checkpoint_step
 
     @property
     def align_corners(self) -> bool:
@@ -216,9 +253,20 @@ class SegmentationModule(L.LightningModule):
         return images
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the non-ignored pixels of the batch (0, not NaN, when all are ignored)."""
-        loss = F.cross_entropy(logits, mask, ignore_index=self.hparams.ignore_index, reduction="sum")
-        return loss / (mask != self.hparams.ignore_index).sum().clamp_min(1)
+        """Cross-entropy of logits [N,C,H,W] against mask [N,H,W]: the (class-weighted) mean over the
+        non-ignored pixels (0, not NaN, when all are ignored), or with ``top_k_percent_pixels < 1`` the mean of
+        the hardest pixels' losses as the TF reference computes it. No host sync."""
+        ignore, weights = self.hparams.ignore_index, self.class_weights
+        per_pixel = F.cross_entropy(logits, mask, weight=weights, ignore_index=ignore, reduction="none")
+        if self.hparams.top_k_percent_pixels < 1:
+            k = max(1, int(self.hparams.top_k_percent_pixels * per_pixel.numel()))
+            hardest = per_pixel.flatten().topk(k).values
+            return hardest.sum() / (hardest > 0).sum().clamp_min(1)
+        valid = mask != ignore
+        if weights is None:
+            return per_pixel.sum() / valid.sum().clamp_min(1)
+        pixel_weights = weights[mask.clamp(0, len(weights) - 1)] * valid
+        return per_pixel.sum() / pixel_weights.sum().clamp_min(1e-12)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images = self.fill_padding(batch)
@@ -233,13 +281,26 @@ class SegmentationModule(L.LightningModule):
             return f"step {step} (batch {batch_idx}, samples {batch.get('id', '?')})"
 
         if self.hparams.nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):  # the step waits for this
-            rank_zero_warn(f"Skipping the optimizer step: training loss is {loss.item()} at {where()}")
+            self._skip_step(loss, where())
             return None
         if self.hparams.nonfinite_loss == "raise":
             self._loss_check = _LossCheck(loss, where)
         # Not prog_bar=True: Lightning would copy it to the host after every step (callbacks.ProgressBar shows it).
         self.log("train/loss", loss, batch_size=batch["image"].shape[0])
         return loss
+
+    def _skip_step(self, loss: torch.Tensor, where: str) -> None:
+        """Count a skipped step; fail once more than ``max_skipped_share`` of the run's steps were skipped."""
+        self.skipped_steps += 1
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        limit = self.hparams.max_skipped_share * total
+        if self.skipped_steps > limit:
+            raise FloatingPointError(
+                f"{self.skipped_steps} optimizer steps were skipped for a non-finite training loss (the last at "
+                f"{where}), more than model.max_skipped_share={self.hparams.max_skipped_share} of {total} steps: "
+                f"the run is not training. Lower model.lr or check the data (deeplab-lightning check-data)")
+        rank_zero_warn(f"Skipping the optimizer step: training loss is {loss.item()} at {where} "
+                       f"({self.skipped_steps} skipped, at most {int(limit)} allowed)")
 
     def _raise_if_loss_was_nonfinite(self) -> None:
         """Raise if the last checked training loss was NaN or Inf (``nonfinite_loss: raise``)."""
@@ -291,6 +352,35 @@ class SegmentationModule(L.LightningModule):
                    enumerate(zip(per_image, sizes))]
         return refined, per_image
 
+    @torch.no_grad()
+    def predict(self, image: str | Path | Image.Image | np.ndarray | torch.Tensor, *,
+                eval_size: int | tuple[int, int] | Literal["auto"] | None = "auto", **inference: Any) -> np.ndarray:
+        """Class indices uint8 [H, W] of one RGB image (a path, PIL image, uint8 array [H, W, 3] or tensor
+        [3, H, W]; values 0-255) at its own size, as ``deeplab-lightning predict`` computes them.
+
+        ``eval_size``: the canvas the image is padded to with the mean pixel (``"auto"``: the smallest 16k+1
+        holding it, as the data modules do; ``None``: the image's own size). ``inference``: changes to
+        :class:`~deeplab_lightning.evaluation.Inference` for this call, e.g. ``scales=(0.75, 1.0, 1.25),
+        flip=True`` or ``crf=CRFSettings()`` (``crf=True`` for DeepLab V2's parameters).
+        """
+        pixels = image_tensor(image).to(self.device)
+        size = tuple(pixels.shape[-2:])
+        if eval_size == "auto":
+            eval_size = smallest_eval_size([size])
+        canvas = None if eval_size is None else crop_pair(eval_size)
+        if inference.get("crf") is True:
+            inference["crf"] = CRFSettings()
+        batch = pad_collate([{"image": pixels, "mask": torch.zeros(size, dtype=torch.long, device=self.device),
+                              "id": "image", "size": size}], size=canvas, fixed=canvas is not None)
+        previous, training = self.configure_inference(**inference), self.training
+        self.eval()
+        try:
+            scores, _ = self.predict_scores(batch)
+        finally:
+            self.configure_inference(previous)
+            self.train(training)
+        return scores[0].argmax(0).to(torch.uint8).cpu().numpy()
+
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> list[torch.Tensor]:
         """Updates the metrics; returns the predicted labels [h_i, w_i] of each image (for callbacks)."""
         scores, unrefined = self.predict_scores(batch)
@@ -304,7 +394,22 @@ class SegmentationModule(L.LightningModule):
             metrics.update(pred[None], target[None])
         loss = sum(self.loss(lg[None], target[None]) for lg, target in zip(scores, targets)) / len(scores)
         self.log(f"{stage}/loss", loss, batch_size=len(scores), sync_dist=True)
+        nonfinite = ~torch.isfinite(loss.detach())  # read once per evaluation, in _raise_if_eval_was_nonfinite
+        self._eval_nonfinite = nonfinite if self._eval_nonfinite is None else self._eval_nonfinite | nonfinite
         return preds
+
+    def _raise_if_eval_was_nonfinite(self, stage: str) -> None:
+        """Raise if any evaluation loss of this epoch (on any process) was NaN or Inf: the weights are broken
+        and the metrics meaningless; in ``fit`` this stops the run before the validation's checkpoint."""
+        flag, self._eval_nonfinite = self._eval_nonfinite, None
+        broken = flag is not None and bool(flag)
+        if self.trainer.world_size > 1:
+            broken = self.trainer.strategy.reduce_boolean_decision(broken, all=False)
+        if broken:
+            raise FloatingPointError(
+                f"The {stage} loss is non-finite (NaN or Inf) at step {self.global_step}: the weights produce "
+                f"non-finite scores, so no metric or checkpoint is written from them. Lower model.lr (training), "
+                f"or use another checkpoint (evaluation)")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
         return self._eval_step(batch, self.val_metrics, "val")
@@ -319,30 +424,57 @@ class SegmentationModule(L.LightningModule):
     def _log_epoch(self, metrics: SegmentationMetrics, stage: str) -> None:
         results = metrics.compute()
         metrics.reset()
+        if self.trainer.sanity_checking:  # the untrained network's numbers: never reported as results
+            return
         self._results[stage] = EvaluationResults(
             mIoU=float(results["mIoU"]), pixel_acc=float(results["pixel_acc"]), iou=results["iou"].cpu(),
-            confmat=results["confmat"].cpu(), step=self.global_step)
+            confmat=results["confmat"].cpu(), step=self.weights_step)
         self.log(f"{stage}/mIoU", results["mIoU"])
         self.log(f"{stage}/pixel_acc", results["pixel_acc"])
         for name, iou in zip(self.class_names, results["iou"]):
             self.log(f"{stage}/iou/{name}", iou)
 
     def on_validation_epoch_end(self) -> None:
+        self._raise_if_eval_was_nonfinite("validation")
         self._log_epoch(self.val_metrics, "val")
         if self.inference.crf is not None:
             self._log_epoch(self.unrefined_metrics["val"], "val/unrefined")
 
     def on_test_epoch_end(self) -> None:
+        self._raise_if_eval_was_nonfinite("test")
         self._log_epoch(self.test_metrics, "test")
         if self.inference.crf is not None:
             self._log_epoch(self.unrefined_metrics["test"], "test/unrefined")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._raise_if_loss_was_nonfinite()  # never overwrite a good checkpoint with weights a NaN step broke
+        floats = [(name, t) for name, t in checkpoint["state_dict"].items() if t.is_floating_point()]
+        finite = torch.stack([t.isfinite().all() for _, t in floats]).cpu()  # one host sync per checkpoint
+        if not finite.all():
+            broken = [name for (name, _), ok in zip(floats, finite.tolist()) if not ok]
+            raise FloatingPointError(f"Not saving the checkpoint of step {self.global_step}: {len(broken)} weight "
+                                     f"tensors are non-finite ({', '.join(broken[:3])}...). Lower model.lr; the "
+                                     f"run's earlier checkpoints are unchanged")
         checkpoint["run_info"] = run_info()
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+        """The trained module of a checkpoint, in eval mode, without downloading anything (the backbone's
+        ImageNet weights are not fetched: the checkpoint holds every weight). Errors name the file."""
+        from .checkpoint_io import AtomicCheckpointIO
+
+        checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=False)
+        accepted = inspect.signature(cls).parameters  # LightningCLI also saves its own keys (_instantiator)
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
+        module = cls(**{**hparams, "pretrained_backbone": False, "compile": False})
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.to(map_location).eval()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or number of classes, naming both."""
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        self._checkpoint_step = checkpoint.get("global_step")
         saved = checkpoint.get("hyper_parameters", {})
         for key in ("arch", "num_classes"):
             if key in saved and key in self.hparams and saved[key] != self.hparams[key]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def _version(package: str) -> str | None:
 @functools.lru_cache(maxsize=1)
 def run_info() -> dict[str, Any]:
     """JSON-ready facts about this process: ``git_commit`` (None outside a checkout), ``git_dirty``,
-    ``packages`` (installed versions), ``command``, ``python``, ``host``, ``cuda``, ``gpus``, ``started``."""
+    ``packages`` (installed versions), ``command``, ``python``, ``host``, ``slurm_job_id``, ``cuda``, ``gpus``,
+    ``started``."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "git_commit": _git("rev-parse", "HEAD"),
@@ -44,6 +46,7 @@ def run_info() -> dict[str, Any]:
         "command": sys.argv,
         "python": platform.python_version(),
         "host": platform.node(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "cuda": torch.version.cuda,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -28,7 +28,7 @@ def _pad_to_common_size(samples: list[tuple[Any, ...]], ignore_index: int) -> li
 class WandbReport(L.Callback):
     """After each validation and test, sends to the wandb run (no-op without a ``WandbLogger``):
 
-    - ``<stage>/iou_table``: a table of per-class IoU (and a bar chart of it);
+    - ``<stage>/iou_table``: a table of per-class IoU (and a bar chart of it), with the step of the weights;
     - ``<stage>/confusion_matrix``: the row-normalised heatmap, and ``<stage>/confusion_counts`` the counts;
     - ``<stage>/predictions``: the first ``num_images`` images of the split with the predicted and the
       ground-truth masks as interactive overlays (the same images each time, to watch training progress).
@@ -82,14 +82,16 @@ class WandbReport(L.Callback):
         names = list(pl_module.class_names)
         ignore = pl_module.hparams.ignore_index
         labels = dict(enumerate(names)) | {ignore: "ignore"}
-        iou = wandb.Table(columns=["class", "IoU"], data=[[n, float(v)] for n, v in zip(names, results.iou)])
+        step = results.step  # the step of the weights measured (a tested checkpoint's, not 0)
+        iou = wandb.Table(columns=["step", "class", "IoU"],
+                          data=[[step, n, float(v)] for n, v in zip(names, results.iou)])
         confmat = results.confmat
-        figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {results.step})")
-        counts = wandb.Table(columns=["truth", *names],
-                             data=[[n, *row] for n, row in zip(names, confmat.tolist())])
+        figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {step})")
+        counts = wandb.Table(columns=["step", "truth", *names],
+                             data=[[step, n, *row] for n, row in zip(names, confmat.tolist())])
         media = {
             f"{stage}/iou_table": iou,
-            f"{stage}/iou_bars": wandb.plot.bar(iou, "class", "IoU", title=f"{stage} per-class IoU"),
+            f"{stage}/iou_bars": wandb.plot.bar(iou, "class", "IoU", title=f"{stage} per-class IoU (step {step})"),
             f"{stage}/confusion_matrix": wandb.Image(figure),
             f"{stage}/confusion_counts": counts,
             f"{stage}/predictions": [
@@ -98,7 +100,7 @@ class WandbReport(L.Callback):
                     "ground_truth": {"mask_data": mask, "class_labels": labels}})
                 for sample_id, image, pred, mask in _pad_to_common_size(self.samples, ignore)],
         }
-        logger.experiment.log(media | {"trainer/global_step": trainer.global_step})
+        logger.experiment.log(media | {"trainer/global_step": step})
         self.samples = []
 
 

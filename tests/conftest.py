@@ -33,7 +33,8 @@ TINY_TOY = {"num_train": 16, "num_val": 6, "size_range": (64, 80), "seed": 1}
 
 
 def _write_config(tmp_path: Path, toy_dir: Path, toy_settings: dict, max_steps: int = 2) -> Path:
-    """A small CLI config (V3+ ResNet-18, toy data, CPU) written to ``tmp_path/config.yaml``."""
+    """A small CLI config (V3+ ResNet-18, toy data, CPU) for a run in ``tmp_path`` (checkpoints in
+    ``tmp_path/ckpt``), written to ``tmp_path/../<name>.yaml`` (outside the run folder, which a fit claims)."""
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -54,7 +55,7 @@ def _write_config(tmp_path: Path, toy_dir: Path, toy_settings: dict, max_steps: 
                  "init_args": {"data_dir": str(toy_dir), **toy_settings, "crop_size": 64, "batch_size": 2,
                                "val_batch_size": 3, "num_workers": 0}},
     }
-    path = tmp_path / "config.yaml"
+    path = tmp_path.parent / f"{tmp_path.name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -14,20 +14,21 @@ from conftest import REPO
 def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir, toy_settings, capsys, write_config):
     base = write_config(tmp_path, toy_dir, toy_settings, max_steps=2)
     spec = {"name": "toy_os", "base": str(base), "output_dir": str(tmp_path / "out"),
-            "set": {"data.batch_size": 4},
-            "grid": {"model.output_stride": [8, 16]},
+            "set": {"data.batch_size": 2},
+            "grid": {"model.output_stride": [8, 16], "model.model_kwargs.image_pooling": [True]},
             "evaluate": {"ms_flip": {"scales": [0.75, 1.0], "flip": True},
                          "crf": {"iterations": 2, "bi_xy_std": 20, "bi_rgb_std": 10}}}
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert main([str(path)]) == 0
+    assert main([str(path), "--set", "data.batch_size=4"]) == 0  # the command line overrides the file
     out = tmp_path / "out"
     rows = list(csv.DictReader(open(out / "report.csv")))
-    assert [r["run"] for r in rows] == ["output_stride=8", "output_stride=16"]
+    names = ["image_pooling=True,output_stride=8", "image_pooling=True,output_stride=16"]
+    assert [r["run"] for r in rows] == names
     # The report's plain mIoU is that of the run's best checkpoint, validated again through the command.
     from deeplab_lightning.cli import main as cli_main
 
-    again = cli_main(["validate", "--config", str(out / "output_stride=8" / "run.yaml"),
+    again = cli_main(["validate", "--config", str(out / names[0] / "run.yaml"),
                       "--ckpt_path", json.loads((out / "report.json").read_text())[0]["checkpoint"]])
     assert float(rows[0]["mIoU"]) == pytest.approx(again.trainer.callback_metrics["val/mIoU"].item(), abs=1e-4)
     for row in rows:
@@ -35,15 +36,16 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
         assert float(row["train_img_s"]) > 0 and float(row["eval_img_s"]) > 0 and float(row["params_M"]) > 0
     assert rows[0]["mIoU_ms_flip"] != rows[0]["mIoU"] or rows[0]["mIoU_crf"] != rows[0]["mIoU"]
     markdown = (out / "report.md").read_text().splitlines()
-    assert "+MS/flip+CRF (%)" in markdown[2] and len([line for line in markdown if line.startswith("| output")]) == 2
+    assert "+MS/flip+CRF (%)" in markdown[2] and len([line for line in markdown if line.startswith("| image_pooling=True")]) == 2
     assert Image.open(out / "report.png").size[0] > 500
     assert json.loads((out / "report.json").read_text())[1]["model.output_stride"] == 16
     printed = capsys.readouterr().out
-    assert "Ablation toy_os" in printed and "output_stride=16" in printed
-    trained = yaml.safe_load((out / "output_stride=8" / "run.yaml").read_text())
+    assert "Ablation toy_os" in printed and all(name in printed for name in names)  # whole names, on 80 columns
+    assert "note: train img/s of 2 run(s) is measured over fewer than 50 steps" in printed
+    trained = yaml.safe_load((out / names[0] / "run.yaml").read_text())
     assert trained["model"]["output_stride"] == 8 and trained["data"]["init_args"]["batch_size"] == 4
 
-    assert main([str(path)]) == 0  # finished runs are reused, not retrained
+    assert main([str(path), "--set", "data.batch_size=4"]) == 0  # finished runs are reused, not retrained
     assert capsys.readouterr().out.count("done before") == 2
 
 

@@ -33,6 +33,23 @@ def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, to
     assert cli.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(validated, abs=1e-6)  # test = val
 
 
+def test_every_fit_ends_with_a_validation_of_its_final_weights_and_names_its_outputs(
+        tmp_path, toy_dir, toy_settings, capsys, write_config):
+    config = write_config(tmp_path, toy_dir, toy_settings, max_steps=3)  # validates at step 3 ...
+    steps = []
+    cli = main(["fit", "--config", str(config), "--trainer.val_check_interval", "2",  # ... but every 2 steps
+                "--trainer.num_sanity_val_steps", "1"])
+    assert cli.model.evaluation_results("val").step == 3  # the final weights, not step 2's
+    out = capsys.readouterr().out
+    assert "Validation of the weights after step 3" in out
+    best = torch.load(tmp_path / "ckpt" / "best.ckpt", map_location="cpu", weights_only=False)
+    steps = [c["global_step"] for c in [best]]
+    assert steps[0] in (2, 3)  # the better of the two validations; it always exists
+    assert f"Run folder: {tmp_path}" in out and f"config: {tmp_path / 'config.yaml'}" in out
+    assert f"best checkpoint: {tmp_path / 'ckpt' / 'best.ckpt'} (val/mIoU" in out
+    assert f"Test it: deeplab-lightning test --config {config} --ckpt_path {tmp_path / 'ckpt' / 'best.ckpt'}" in out
+
+
 def test_quickstart_config_parses(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "experiments" / "quickstart.yaml"), "--print_config"])
@@ -42,19 +59,32 @@ def test_quickstart_config_parses(capsys):
     assert printed["data"]["class_path"] == "deeplab_lightning.data.ToyVOCDataModule"
 
 
-def test_unknown_model_name_fails_with_the_list(tmp_path, toy_dir, toy_settings, write_config):
+def test_unknown_model_name_fails_at_parse_time_with_the_list(tmp_path, toy_dir, toy_settings, capsys,
+                                                               write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
-    with pytest.raises(ValueError, match="deeplabv3plus_resnet101"):
-        main(["fit", "--config", str(config), "--model.arch", "deeplab_unknown"])
+    with pytest.raises(SystemExit):  # --print_config would have passed it before: now parsing refuses it
+        main(["fit", "--config", str(config), "--model.arch", "deeplab_unknown", "--print_config"])
+    assert "deeplab_unknown" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = capsys.readouterr().out
+    assert "deeplabv3plus_xception65" in help_text and "deeplabv1_vgg16_largefov" in help_text  # the choices
+    assert "torch.nn.Conv2d" not in help_text and len(help_text.splitlines()) < 900  # no nn.Module catalogue
 
 
-def test_console_entry_points_answer_help():
+def test_console_entry_points_answer_help_and_version():
+    from deeplab_lightning import __version__
+    from deeplab_lightning.console import SUBCOMMANDS
+
     script = Path(sys.executable).parent / "deeplab-lightning"  # installed beside this Python
-    for cmd in ([str(script), "--help"], [sys.executable, "-m", "deeplab_lightning", "--help"]):
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        for sub in ("fit", "validate", "test", "predict"):
-            assert sub in out.stdout
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert all(f"  {sub} " in out.stdout for sub in SUBCOMMANDS)  # check-data and ablate included
+    out = subprocess.run([sys.executable, "-m", "deeplab_lightning", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"deeplab-lightning {__version__}"
+    out = subprocess.run([str(script), "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--model.arch" in out.stdout
 
 
 def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_settings, write_config):
@@ -66,15 +96,26 @@ def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_
     assert "train (16 images)" in ok.stdout and "val (6 images)" in ok.stdout and "star" in ok.stdout
     assert "0 problem(s) found" in ok.stdout
 
+    # Every problem is listed, not only the first: a split list naming an id twice, a truncated image.
+    import io
+
+    from rich.console import Console
+
+    from deeplab_lightning.check_data import check_data
+    from deeplab_lightning.data import ToyVOCDataModule
+
     broken = tmp_path / "broken"
     shutil.copytree(toy_dir, broken)
     image = broken / "VOCdevkit/VOC2012/JPEGImages/toy_val_00002.jpg"
     image.write_bytes(image.read_bytes()[:300])
-    config = write_config(tmp_path, broken, toy_settings)
-    bad = subprocess.run([str(script), "check-data", "--config", str(config), "--splits", "[val]"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1
-    assert "toy_val_00002.jpg" in bad.stdout and "1 problem(s) found" in bad.stdout
+    train_list = broken / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt"
+    train_list.write_text(train_list.read_text() + "toy_train_00003\n")
+    screen = io.StringIO()
+    dm = ToyVOCDataModule(str(broken), **toy_settings, num_workers=0)
+    assert not check_data(dm, ["train", "val"], Console(file=screen, width=300))
+    report = screen.getvalue()
+    assert "'toy_train_00003' twice (lines 4 and 17)" in report and "toy_val_00002.jpg" in report
+    assert "2 problem(s) found" in report
 
 
 def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys, write_config):
@@ -98,32 +139,65 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     assert not torch.equal(refined.confmat, unrefined.confmat)
     assert cli.model.inference == Inference()  # both callbacks' changes undone after the stage
     out = capsys.readouterr().out
-    assert "Test, before refinement" in out and "mean IoU" in out
+    assert "before refinement" in out and "mean IoU" in out
 
 
-def test_predict_on_a_folder_writes_palette_pngs_and_overlays(tmp_path, toy_dir, toy_settings, write_config):
+def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_prediction(
+        tmp_path, toy_dir, toy_settings, write_config):
+    from PIL import Image
+
     config = write_config(tmp_path, toy_dir, toy_settings)
     main(["fit", "--config", str(config)])
     images = tmp_path / "images"
     images.mkdir()
-    for name in ("toy_val_00000.jpg", "toy_val_00001.jpg"):
-        shutil.copy(toy_dir / "VOCdevkit/VOC2012/JPEGImages" / name, images / name)
+    source = toy_dir / "VOCdevkit/VOC2012/JPEGImages"
+    shutil.copy(source / "toy_val_00000.jpg", images / "a.jpg")
+    Image.open(source / "toy_val_00001.jpg").save(images / "a.png")  # same stem, another image
+    shutil.copy(source / "toy_val_00002.jpg", images / "b.jpg")
     (images / "notes.txt").write_text("not an image")
-    out = tmp_path / "pred"
-    main(["predict", "--config", str(config),
-          "--data", "deeplab_lightning.data.ImageFolderDataModule", "--data.image_dir", str(images),
-          "--data.classes", "toy", "--data.num_workers", "0", "--data.val_batch_size", "2",
-          "--trainer.callbacks+=deeplab_lightning.callbacks.SegmentationWriter",
-          "--trainer.callbacks.output_dir", str(out), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
-    from PIL import Image
 
-    for stem in ("toy_val_00000", "toy_val_00001"):
-        source = Image.open(images / f"{stem}.jpg")
+    def predict(*args):
+        return main(["predict", "--config", str(config), "--data", "deeplab_lightning.data.ImageFolderDataModule",
+                     "--data.image_dir", str(images), "--data.classes", "toy", "--data.num_workers", "0",
+                     "--data.val_batch_size", "2", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), *args])
+
+    predict()  # no writer configured: PNGs by default, in the run folder
+    out = tmp_path / "predictions"
+    expected = {"a.jpg": "a.jpg", "a.png": "a.png", "b.jpg": "b"}  # an extension is kept only to tell apart
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{v}.png" for v in expected.values())
+    for name, stem in expected.items():
         labels = Image.open(out / f"{stem}.png")
-        assert labels.mode == "P" and labels.size == source.size
+        size = Image.open(images / name).size
+        assert labels.mode == "P" and labels.size == size
         assert set(np.unique(np.array(labels)).tolist()) <= set(range(6))
-        assert Image.open(out / "overlays" / f"{stem}.jpg").size == (2 * source.size[0], source.size[1])
-    assert not (out / "notes.png").exists()
+        overlay = Image.open(out / "overlays" / f"{stem}.jpg")
+        assert overlay.size[0] == 2 * size[0] and overlay.size[1] > size[1]  # image | overlay, legend below
+    written = (out / "b.png").stat().st_mtime_ns
+
+    # The Python API gives the command's prediction, from a path, a PIL image or an array.
+    import deeplab_lightning
+    from deeplab_lightning.data.dataset import image_size
+    from deeplab_lightning.evaluation import smallest_eval_size
+
+    model = deeplab_lightning.load(str(tmp_path / "ckpt" / "last.ckpt"))
+    canvas = smallest_eval_size([image_size(images / name) for name in expected])  # the folder's canvas
+    from_cli = np.array(Image.open(out / "b.png"))
+    for image in (images / "b.jpg", Image.open(images / "b.jpg"), np.array(Image.open(images / "b.jpg"))):
+        labels = model.predict(image, eval_size=canvas)
+        assert labels.dtype == np.uint8 and np.array_equal(labels, from_cli)
+    own_size = model.predict(images / "b.jpg", eval_size=None, scales=(0.75, 1.0), flip=True, crf=True)
+    assert own_size.shape == from_cli.shape and model.inference.scales == (1.0,)  # options for that call only
+
+    predict()  # again: a new folder, the first predictions untouched
+    assert len(list((tmp_path / "predictions-2").glob("*.png"))) == 3
+    with pytest.raises(FileExistsError, match=r"3 images already have predictions .*--overwrite true"):
+        predict("--output_dir", str(out))
+    assert (out / "b.png").stat().st_mtime_ns == written
+    predict("--output_dir", str(out), "--overwrite", "true")
+    assert (out / "b.png").stat().st_mtime_ns > written
+    with pytest.raises(FileExistsError, match=r"folder of the input images"):
+        predict("--output_dir", str(images))
+    assert sorted(p.name for p in images.iterdir()) == ["a.jpg", "a.png", "b.jpg", "notes.txt"]
 
 
 @pytest.mark.parametrize("arch,mean,std", [

@@ -30,7 +30,7 @@ def test_toy_generation_is_deterministic_and_refuses_other_settings(tmp_path, to
     assert a == b
     with pytest.raises(FileExistsError, match="other settings"):
         generate_toy_voc(tmp_path, **{**toy_settings, "num_train": 3})
-    assert not (tmp_path / "VOCdevkit.partial").exists()
+    assert not list(tmp_path.glob("VOCdevkit.partial*"))
 
 
 def test_missing_voc_folder_names_the_expected_layout(tmp_path):
@@ -178,3 +178,52 @@ def test_seeded_augmentation_does_not_depend_on_what_ran_before(toy_dir, toy_set
     second = dataset[(3, 1234)]
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["mask"], second["mask"])
     assert not torch.equal(first["image"], dataset[(3, 99)]["image"])
+
+
+def test_split_lists_name_repeated_ids_and_skip_blank_lines(tmp_path, toy_dir, toy_settings):
+    import shutil
+
+    root = tmp_path / "voc"
+    shutil.copytree(toy_dir, root)
+    val = root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    ids = val.read_text().split()
+    val.write_text("\n".join(ids[:2]) + "\n\n  \n" + "\n".join(ids[2:]) + "\n")  # blank lines are skipped
+    dm = VOCDataModule(str(root), num_workers=0)
+    assert [s.id for s in dm.samples("val")] == ids
+    val.write_text(val.read_text() + ids[1] + "\n")  # listed twice: would count twice in the metric
+    with pytest.raises(ValueError, match=rf"val.txt lists id '{ids[1]}' twice \(lines 2 and 9\)"):
+        dm.samples("val")
+
+
+def test_empty_sbd_label_file_names_its_path(tmp_path):
+    (tmp_path / "2008_000002.mat").touch()
+    with pytest.raises(ValueError, match=r"Cannot read label map .*2008_000002.mat"):
+        read_mask(tmp_path / "2008_000002.mat", num_classes=21)
+
+
+def test_exif_orientation_turns_images_upright_and_leaves_label_maps_as_stored(tmp_path):
+    from deeplab_lightning.data.dataset import EXIF_ORIENTATION, image_size, read_image
+
+    stored = np.zeros((2, 4, 3), np.uint8)
+    stored[0, 0] = 255  # top-left pixel as stored
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to display", as phones write
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    upright = read_image(tmp_path / "photo.png")
+    assert upright.shape == (3, 4, 2) and image_size(tmp_path / "photo.png") == (4, 2)
+    assert upright[0, 0, 1] == 255 and upright[0, 0, 0] == 0  # the stored top-left is now top-right
+    Image.fromarray(np.arange(8, dtype=np.uint8).reshape(2, 4), mode="L").save(tmp_path / "mask.png", exif=exif)
+    assert read_mask(tmp_path / "mask.png", num_classes=21).shape == (2, 4)  # label maps are not rotated
+
+
+def test_two_processes_generating_the_toy_data_at_once_both_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from deeplab_lightning.data import generate_toy_voc; "
+            f"generate_toy_voc({str(tmp_path)!r}, num_train=30, num_val=4, size_range=(64, 64))")
+    runs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert len(list((tmp_path / "VOCdevkit/VOC2012/JPEGImages").iterdir())) == 34
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit"]  # no partial folder left

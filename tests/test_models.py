@@ -271,3 +271,32 @@ def test_multiply_adds_against_the_v3plus_paper():
             assert abs(ours / paper - 1) <= 0.004, (name, output_stride, ours)
         else:
             assert ours == pytest.approx(ours_resnet[name, output_stride], abs=0.01)
+
+
+def test_missing_pretrained_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path):
+    """On a compute node without internet the download fails: one line says which file goes where."""
+    from urllib.error import URLError
+
+    import timm.models._builder
+    import torchvision.models._api
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from deeplab_lightning.models.backbones.base import PretrainedWeightsUnavailable
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(PretrainedWeightsUnavailable,
+                       match=rf"ResNet-18 .*\(URLError\): put resnet18-f37072fd.pth .* into {tmp_path}/torch/hub/"
+                             rf"checkpoints .*model.pretrained_backbone false"):
+        create_model("deeplabv3plus_resnet18", 6, pretrained_backbone=True)
+
+    def not_cached(*args, **kwargs):
+        raise LocalEntryNotFoundError("offline and not in the cache")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", not_cached)
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"Hugging Face repo timm/xception65.tf_in1k .*"
+                                                           r"models--timm--xception65.tf_in1k"):
+        create_model("deeplabv3plus_xception65", 6, pretrained_backbone=True)

@@ -90,6 +90,23 @@ def test_fixed_shape_evaluation_feeds_one_shape_per_scale_and_any_batch_size_giv
         assert results[1][key] == pytest.approx(results[3][key], abs=1e-6)
 
 
+def test_class_weights_and_hardest_pixels_give_the_defined_losses():
+    torch.manual_seed(0)
+    logits, mask = torch.randn(2, 6, 8, 8), torch.randint(0, 6, (2, 8, 8))
+    mask[0, :2] = 255  # ignored
+    per_pixel = torch.nn.functional.cross_entropy(logits, mask, ignore_index=255, reduction="none")
+    counted = mask != 255
+    assert torch.allclose(tiny_module().loss(logits, mask), per_pixel[counted].mean())
+    weights = [0.0, 2.0, 1.0, 1.0, 1.0, 1.0]  # background ignored, disks count twice
+    w = torch.tensor(weights)[mask.clamp(max=5)] * counted
+    expected = (w * per_pixel).sum() / w.sum()
+    assert torch.allclose(tiny_module(class_weights=weights).loss(logits, mask), expected)
+    hardest = per_pixel.flatten().topk(int(0.25 * per_pixel.numel())).values  # TF's top_k_percent_pixels
+    assert torch.allclose(tiny_module(top_k_percent_pixels=0.25).loss(logits, mask), hardest.mean())
+    with pytest.raises(ValueError, match="class_weights needs 6 non-negative weights"):
+        tiny_module(class_weights=[1.0, 2.0])
+
+
 def test_compile_and_fused_optimizer_options():
     plain = tiny_module()
     graphs = []
@@ -110,10 +127,12 @@ def test_compile_and_fused_optimizer_options():
 
 
 def test_compiled_network_trains_and_validates_images_of_any_size(toy_dir, toy_settings):
-    """``model.compile: true`` with inductor: training crops, then whole validation images of several sizes
+    """``model.compile`` through AOTAutograd (``aot_eager``: the tracing, functionalisation and backward graph
+    of the inductor path without its C++ code generation, which costs minutes on a cold cache; inductor itself
+    is measured by ``benchmarks/bench.py``): training crops, then whole validation images of several sizes
     (64-80 px, one by one), give the eager network's outputs."""
     torch.manual_seed(0)
-    module = tiny_module(compile=True, channels_last=True)
+    module = tiny_module(compile={"backend": "aot_eager"}, channels_last=True)
     dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
     trainer = L.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,

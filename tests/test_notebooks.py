@@ -1,3 +1,5 @@
+"""The exploration notebook runs top to bottom on the CPU, with figures and without stderr noise."""
+import re
 
 import nbformat
 from nbclient import NotebookClient
@@ -7,6 +9,7 @@ from conftest import REPO
 
 def test_explore_notebook_executes_and_shows_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("DEEPLAB_NOTEBOOK_STEPS", "40")  # a user's run trains 400 steps; the figures are the same
     nb = nbformat.read(REPO / "notebooks" / "explore.ipynb", as_version=4)
     # Run from a copy's folder so that no quickstart checkpoint is picked up: the notebook trains itself.
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
@@ -20,3 +23,7 @@ def test_explore_notebook_executes_and_shows_figures(tmp_path, monkeypatch):
     assert "+MS/flip+CRF (%)" in markdown  # the ablation report
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "val mIoU over the whole split" in text
+    noise = [o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not noise, noise  # no warnings or log lines in the cells
+    fields = re.findall(r"\| top-left \| (\d+) x (\d+) \| 769 \|", markdown)
+    assert len(fields) == 2 and int(fields[0][0]) < 769 and fields[1] == ("769", "769")  # what pooling adds

@@ -1,18 +1,14 @@
-import io
-import subprocess
+"""Seeds, settings, unusual images and the host syncs of a training step."""
 import traceback
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from deeplab_lightning.callbacks import PolyLR, ProgressBar
 from deeplab_lightning.cli import main
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 from deeplab_lightning.module import SegmentationModule
-
-from conftest import REPO
 
 
 class RecordLoss(L.Callback):
@@ -44,76 +40,6 @@ def test_same_seed_gives_the_same_first_ten_losses(toy_dir, toy_settings, tmp_pa
     assert first != other
 
 
-class PoisonLR(L.Callback):
-    """Make the weights explode at the third step so that the loss becomes non-finite."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == 2:
-            with torch.no_grad():
-                pl_module.net.decoder.classifier.weight.fill_(float("inf"))
-
-
-def test_nonfinite_loss_stops_naming_step_and_samples_and_keeps_the_good_checkpoint(toy_dir, toy_settings,
-                                                                                   tmp_path):
-    L.seed_everything(0)
-    module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16,
-                                                                            "decoder_channels": 16})
-    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
-    every_step = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
-    trainer = L.Trainer(max_steps=5, limit_val_batches=0, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[PoisonLR(), every_step])
-    with pytest.raises(FloatingPointError, match=r"step 2 .*toy_train_"):
-        trainer.fit(module, datamodule=dm)
-    # The check is read one hook late (no host sync in the step), but before the checkpoint of the bad step.
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == 2
-    assert all(v.isfinite().all() for v in saved["state_dict"].values() if v.is_floating_point())
-
-
-def test_progress_bar_reads_metrics_at_most_every_interval(toy_dir, toy_settings, tmp_path):
-    def fit(bar: ProgressBar) -> list[int]:
-        reads = []
-        read = bar.get_metrics
-
-        def get_metrics(trainer, module):
-            reads.append(trainer.global_step)
-            items = read(trainer, module)
-            assert isinstance(items["train/loss"], float)  # shown although not logged with prog_bar=True
-            return items
-
-        bar.get_metrics = get_metrics
-        module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16,
-                                                                                "decoder_channels": 16})
-        dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
-        trainer = L.Trainer(max_steps=4, max_epochs=-1, limit_train_batches=4, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, enable_model_summary=False, callbacks=[bar])
-        trainer.fit(module, datamodule=dm)
-        return reads
-
-    assert {1, 2, 3, 4} <= set(fit(ProgressBar(metrics_every_s=0)))  # after every step (RichProgressBar's way)
-    screen = io.StringIO()
-    throttled = ProgressBar(metrics_every_s=1e9, console_kwargs={"file": screen, "force_terminal": True,
-                                                                 "width": 120})
-    reads = fit(throttled)
-    assert 1 in reads and 2 not in reads and 3 not in reads  # first step, then only at the epoch's end
-    shown = screen.getvalue()
-    assert "Epoch 0" in shown and "Epoch 0/" not in shown  # not "Epoch 0/-2" with max_epochs -1
-
-
-def test_nonfinite_loss_can_be_skipped(toy_dir, toy_settings, tmp_path):
-    module = SegmentationModule("deeplabv3plus_resnet18", 6, nonfinite_loss="skip",
-                                model_kwargs={"aspp_channels": 16, "decoder_channels": 16})
-    module.loss = lambda logits, mask: logits.sum() * float("nan")  # every loss is NaN
-    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
-    before = {k: v.clone() for k, v in module.state_dict().items() if "weight" in k}
-    trainer = L.Trainer(max_steps=3, max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    with pytest.warns(UserWarning, match="Skipping the optimizer step"):
-        trainer.fit(module, datamodule=dm)
-    after = module.state_dict()
-    assert all(torch.equal(v, after[k]) for k, v in before.items())  # no step was taken on NaN gradients
-
-
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, toy_dir, toy_settings, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
     main(["fit", "--config", str(config)])
@@ -132,43 +58,10 @@ def test_evaluate_at_output_stride_8_a_model_trained_at_16(tmp_path, toy_dir, to
     assert all(torch.equal(v, trained[k]) for k, v in cli.model.state_dict().items())  # the trained weights
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    from deeplab_lightning.checkpoint_io import AtomicCheckpointIO
-
-    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
-    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
-
-    def crash_midway(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
-        raise KeyboardInterrupt  # the process is stopped while writing
-
-    monkeypatch.setattr(torch, "save", crash_midway)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
-    monkeypatch.undo()
-    assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint is intact
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left
-
-
-def test_command_line_runs_use_atomic_checkpoints_and_save_run_info(tmp_path, toy_dir, toy_settings, write_config):
-    import json
-
-    from deeplab_lightning.checkpoint_io import AtomicCheckpointIO
-
-    cli = main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings))])
-    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["packages"]["lightning"] == L.__version__ and info["packages"]["torch"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert info["git_commit"] == head and info["command"]  # the package is installed editable from this checkout
-    assert (tmp_path / "config.yaml").is_file()  # the resolved config, beside it
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["run_info"]["packages"] == info["packages"]
-
-
 @pytest.mark.parametrize("override, key", [(["--model.output_strid", "8"], "output_strid"),
                                            (["--trainer.max_step", "3"], "max_step"),
-                                           (["--model.optimizer", "adam"], "optimizer")])
+                                           (["--model.optimizer", "adam"], "optimizer"),
+                                           (["--data.init_args.crop_size", "0"], "crop_size must be a positive")])
 def test_unknown_config_keys_and_values_are_named(tmp_path, toy_dir, toy_settings, capsys, override, key, write_config):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings)), *override])

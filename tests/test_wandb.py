@@ -1,6 +1,8 @@
-"""An offline wandb run holds the config, the curves, the IoU table, the confusion matrix and the overlays."""
+"""An offline wandb run holds the config, the curves, the IoU table, the confusion matrix and the overlays; only
+fit, validate and test create runs, each with its job type."""
 import json
 
+import pytest
 import yaml
 
 from deeplab_lightning.cli import main
@@ -23,14 +25,26 @@ def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_set
     cli = main(["fit", "--config", str(path)])
     run = cli.trainer.logger.experiment
     assert run.name == "toy_v3plus_r18" and run.group == "toy" and list(run.tags) == ["v3plus", "os16"]
+    assert run.job_type == "fit"
     run.finish()
-
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    main(["predict", "--config", str(path), "--ckpt_path", last])  # predictions, but no wandb run
+    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+        main(["test", "--config", str(path), "--ckpt_path", str(tmp_path / "missing.ckpt")])  # fails before wandb
+    assert list((tmp_path / "wandb").glob("offline-run-*")) == [run_dir]
+    tested = main(["test", "--config", str(path), "--ckpt_path", last]).trainer.logger.experiment
+    assert tested.job_type == "test"
+    tested.finish()
+    (test_dir,) = set((tmp_path / "wandb").glob("offline-run-*")) - {run_dir}
+    test_iou = json.loads(next((test_dir / "files" / "media" / "table").rglob("iou_table_*.json")).read_text())
+    assert {row[0] for row in test_iou["data"]} == {2}  # the tested checkpoint's step
     files = run_dir / "files"
     tables = {p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in (files / "media" / "table").rglob("*.json")}
     assert {"iou_table", "confusion_counts"} <= tables, tables
     iou = json.loads(next((files / "media" / "table").rglob("iou_table_*.json")).read_text())
-    assert iou["columns"] == ["class", "IoU"] and [row[0] for row in iou["data"]][:2] == ["background", "disk"]
+    assert iou["columns"] == ["step", "class", "IoU"] and [row[1] for row in iou["data"]][:2] == ["background", "disk"]
     images = [p.name for p in (files / "media" / "images" / "val").glob("*.png")]
     assert any(name.startswith("confusion_matrix") for name in images)
     assert sum(name.startswith("predictions") for name in images) == 2

@@ -3,12 +3,12 @@ from .base import SegmentationDataModule
 from .cityscapes import CityscapesDataModule
 from .classes import CITYSCAPES_CLASSES, VOC_CLASSES, voc_palette
 from .dataset import SegmentationDataset, pad_collate
-from .folder import ImageFolderDataModule
+from .folder import FolderDataModule, ImageFolderDataModule
 from .toy import TOY_CLASSES, ToyVOCDataModule, generate_toy_voc
 from .voc import VOCDataModule
 
 __all__ = [
     "SegmentationDataModule", "SegmentationDataset", "pad_collate", "VOCDataModule", "ToyVOCDataModule",
-    "ImageFolderDataModule",
+    "ImageFolderDataModule", "FolderDataModule",
     "generate_toy_voc", "CityscapesDataModule", "VOC_CLASSES", "TOY_CLASSES", "CITYSCAPES_CLASSES", "voc_palette",
 ]

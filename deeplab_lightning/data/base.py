@@ -104,6 +104,20 @@ class SegmentationDataModule(L.LightningDataModule):
             self._eval_sizes[split] = smallest_eval_size([image_size(s.image) for s in dataset.samples])
         return self._eval_sizes[split]
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved in checkpoints: the global training batch, which a resumed fit must keep."""
+        return {"batch_size": self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Refuse to resume a fit with another global batch size: the learning-rate schedule's meaning and the
+        resumed sample order (which skips the batches already seen) depend on it."""
+        saved = state_dict.get("batch_size")
+        resuming = self.trainer is not None and self.trainer.state.fn == "fit"
+        if resuming and saved is not None and saved != self.batch_size:
+            raise ValueError(f"The checkpoint was trained with data.batch_size={saved} but this fit has "
+                             f"{self.batch_size}; resume with --data.init_args.batch_size {saved} and the same "
+                             f"number of devices, or start a new run from the weights")
+
     def _process_group(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)

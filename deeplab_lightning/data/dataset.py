@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -48,20 +48,45 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """RGB uint8 [3, H, W]. Grayscale, palette, RGBA and 16-bit images are converted to 8-bit RGB."""
+    """RGB uint8 [3, H, W], turned upright by its EXIF orientation (as viewers show a phone photo, and as
+    its label map is drawn). Grayscale, palette, RGBA and 16-bit images are converted to 8-bit RGB. Label maps
+    are never rotated: their pixels are taken as stored."""
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap height and width
+
+
+def image_tensor(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """RGB uint8 [3, H, W] from a file path (as :func:`read_image`), a PIL image, an array [H, W, 3] or [H, W]
+    (uint8, RGB), or a tensor [3, H, W]."""
+    if isinstance(image, (str, Path)):
+        return read_image(Path(image))
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(_to_rgb(image)).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        array = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"Expected a uint8 RGB array [H, W, 3] or [H, W], got {array.dtype} {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        return image
+    raise TypeError(f"Expected a path, PIL image, uint8 array [H, W, 3] or tensor [3, H, W], got {type(image)}")
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, from its header (the pixels are not decoded)."""
+    """(H, W) of an image file as :func:`read_image` returns it, from its header (pixels are not decoded)."""
     try:
         with Image.open(path) as img:
+            if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+                return img.width, img.height
             return img.height, img.width
     except OSError as err:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
@@ -90,8 +115,9 @@ def read_mask(path: Path, num_classes: int, label_map: np.ndarray | None = None,
     """
     try:
         labels = _read_label_array(path)
-    except (OSError, ValueError, KeyError, IndexError) as err:
-        raise ValueError(f"Cannot read label map {path}: {err}") from err
+    except Exception as err:  # PIL, scipy (MatReadError on an empty .mat) and struct errors alike
+        raise ValueError(f"Cannot read label map {path}: {type(err).__name__}: {err}. Replace or remove the "
+                         f"file") from err
     if label_map is not None:
         labels = label_map[labels]
     bad = (labels >= num_classes) & (labels != ignore_index)

@@ -1,13 +1,20 @@
-"""Unlabelled images in a folder, for ``deeplab-lightning predict``."""
+"""Your own data in folders: images with PNG masks of class indices (fit, validate, test, predict), or
+unlabelled images to predict."""
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+
+import yaml
 
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .base import SegmentationDataModule
 from .cityscapes import CityscapesDataModule
-from .dataset import Sample
+from .classes import voc_palette
+from .dataset import IGNORE_INDEX, Sample
 from .toy import ToyVOCDataModule
 from .voc import VOCDataModule
 
@@ -16,31 +23,127 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CLASS_SETS = {"voc": VOCDataModule, "cityscapes": CityscapesDataModule, "toy": ToyVOCDataModule}
 
 
+FOLDER_LAYOUT = """\
+{data_dir}/
+    images/<split>/<name>.jpg   (or .png, .bmp, .tif, .webp: RGB, grayscale or 16-bit)
+    masks/<split>/<name>.png    (one per image, same size: 8-bit PNG of class indices 0..N-1, ignore_index = void;
+                                 a split without masks/<split>/ is unlabelled: predict only)"""
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), warning about the other files."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if skipped:
+        rank_zero_warn(f"Skipping {len(skipped)} non-image file(s) in {folder}: {skipped[:10]}")
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ValueError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def _ids(images: list[Path]) -> list[str]:
+    """Each image's id: its stem, or its name when another image has the same stem (a.jpg, a.png)."""
+    stems = Counter(p.stem for p in images)
+    return [p.stem if stems[p.stem] == 1 else p.name for p in images]
+
+
+def read_classes(classes: Sequence[str] | str) -> tuple[list[str], list[tuple[int, int, int]] | None]:
+    """Class names and palette from a list of names, or from a YAML/JSON file holding either a list of names or
+    ``{names: [...], palette: [[r, g, b], ...]}``."""
+    if isinstance(classes, str):
+        path = Path(classes)
+        if not path.is_file():
+            raise FileNotFoundError(f"Class file {path} (data.init_args.classes) does not exist; give a YAML/JSON "
+                                    f"file with names: [...] (and optionally palette: [[r, g, b], ...]) or a list")
+        spec = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        spec = {"names": spec} if isinstance(spec, list) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("names"), list) or not spec["names"]:
+            raise ValueError(f"Class file {path} must hold a list of class names or names: [...]")
+        names, palette = spec["names"], spec.get("palette")
+    else:
+        names, palette = list(classes), None
+    if palette is not None and (len(palette) != len(names) or any(len(c) != 3 for c in palette)):
+        raise ValueError(f"The palette of {classes} must give one [r, g, b] per class ({len(names)})")
+    return [str(n) for n in names], None if palette is None else [tuple(int(v) for v in c) for c in palette]
+
+
+class FolderDataModule(SegmentationDataModule):
+    """Your own dataset: images and masks in per-split folders (layout: :data:`FOLDER_LAYOUT`), for fit,
+    validate, test and predict.
+
+    Args:
+        data_dir: the folder holding ``images/`` and ``masks/``.
+        classes: the class names (index order), or a YAML/JSON file with ``names`` and an optional ``palette``.
+        ignore_index: the void label in the masks (excluded from loss and metrics; the command links it into
+            the model).
+        **kwargs: see :class:`SegmentationDataModule` (``train_split="train"``, ``val_split="val"``,
+            ``test_split="val"``, ``crop_size``, ``batch_size`` ...).
+
+    Images and masks are paired by name; an image without its mask, a mask without its image, a mask of
+    another size or a label outside the classes is an error naming the file. An image's id (its prediction's
+    name) is its stem, or its name when two images share a stem.
+    """
+
+    def __init__(self, data_dir: str = "data/my_dataset", *, classes: list[str] | str = "data/my_dataset/classes.yaml",
+                 ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
+        kwargs.setdefault("crop_size", 321)
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir)
+        names, palette = read_classes(classes)
+        self.class_names = tuple(names)
+        self.palette = tuple(palette or voc_palette())
+        self.ignore_index = ignore_index
+
+    def samples(self, split: str) -> list[Sample]:
+        image_dir, mask_dir = self.data_dir / "images" / split, self.data_dir / "masks" / split
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"{image_dir} does not exist. Expected this layout:\n"
+                                    f"{FOLDER_LAYOUT.format(data_dir=self.data_dir)}\n(data.init_args.data_dir)")
+        images = _image_files(image_dir)
+        if not mask_dir.is_dir():
+            return [Sample(i, p, None) for i, p in zip(_ids(images), images)]
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+        missing = [p.name for p in images if p.stem not in masks]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) in {image_dir} have no mask <name>.png in {mask_dir}: "
+                                    f"{missing[:5]}")
+        unmatched = sorted(set(masks) - {p.stem for p in images})
+        if unmatched:
+            raise FileNotFoundError(f"{len(unmatched)} mask(s) in {mask_dir} have no image in {image_dir}: "
+                                    f"{unmatched[:5]}")
+        if len({p.stem for p in images}) != len(images):
+            raise ValueError(f"Two images in {image_dir} share a name and so one mask; rename one")
+        return [Sample(i, p, masks[p.stem]) for i, p in zip(_ids(images), images)]
+
+
 class ImageFolderDataModule(SegmentationDataModule):
     """Every image file directly in ``image_dir``, predicted at full resolution (``predict`` only).
+
+    An image's id (its prediction's file name) is its name without the extension, or with it when another
+    image has the same stem (``a.jpg`` and ``a.png`` give ``a.jpg.png`` and ``a.png.png``).
 
     Args:
         image_dir: the folder; files that are not images (by suffix) are skipped with a warning naming them.
         classes: the label set the model was trained on, for the number of classes, names and palette:
-            ``voc``, ``cityscapes`` or ``toy``.
+            ``voc``, ``cityscapes``, ``toy``, or a list of names or class file as for :class:`FolderDataModule`.
     """
 
-    def __init__(self, image_dir: str, *, classes: str = "voc", **kwargs) -> None:
-        if classes not in CLASS_SETS:
-            raise ValueError(f"classes={classes!r} unknown; use one of {sorted(CLASS_SETS)}")
+    def __init__(self, image_dir: str, *, classes: str | list[str] = "voc", **kwargs) -> None:
         kwargs.setdefault("test_split", "images")
         super().__init__(**kwargs)
         self.image_dir = Path(image_dir)
-        self.class_names, self.palette = CLASS_SETS[classes].class_names, CLASS_SETS[classes].palette
+        if isinstance(classes, str) and classes in CLASS_SETS:
+            self.class_names, self.palette = CLASS_SETS[classes].class_names, CLASS_SETS[classes].palette
+        elif isinstance(classes, str) and not classes.endswith((".yaml", ".yml", ".json")):
+            raise ValueError(f"classes={classes!r} unknown; use one of {sorted(CLASS_SETS)}, a list of class names "
+                             f"or a YAML/JSON class file")
+        else:
+            names, palette = read_classes(classes)
+            self.class_names, self.palette = tuple(names), tuple(palette or voc_palette())
 
     def samples(self, split: str) -> list[Sample]:
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"Image folder {self.image_dir} does not exist (data.init_args.image_dir)")
-        files = sorted(p for p in self.image_dir.iterdir() if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if skipped:
-            rank_zero_warn(f"Skipping {len(skipped)} non-image file(s) in {self.image_dir}: {skipped[:10]}")
-        if not images:
-            raise ValueError(f"{self.image_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return [Sample(p.stem, p, None) for p in images]
+        images = _image_files(self.image_dir)
+        return [Sample(i, p, None) for i, p in zip(_ids(images), images)]

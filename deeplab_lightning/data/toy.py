@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import Progress
 
+from ..checkpoint_io import process_alive
 from .classes import flat_palette, voc_palette
 from .voc import VOCDataModule
 
@@ -117,22 +120,34 @@ def generate_toy_voc(data_dir: str | Path, *, num_train: int = 1000, num_val: in
                      size_range: tuple[int, int] = (120, 160), seed: int = 0) -> Path:
     """Write the toy dataset under ``data_dir/VOCdevkit/VOC2012`` unless it is already there.
 
-    Writes into a temporary folder renamed at the end, so an interrupted run never leaves a partial dataset.
-    Returns the VOC2012 folder. Raises if ``data_dir`` holds another dataset or a toy set with other settings.
+    Writes into a temporary folder of this process renamed at the end, so an interrupted run never leaves a
+    partial dataset and two processes generating at once both succeed (the second rename finds the first's
+    dataset and discards its own copy). Returns the VOC2012 folder. Raises if ``data_dir`` holds another dataset
+    or a toy set with other settings.
     """
     data_dir = Path(data_dir)
     params = {"num_train": num_train, "num_val": num_val, "size_range": list(size_range), "seed": seed,
               "classes": list(TOY_CLASSES)}
     final = data_dir / "VOCdevkit"
     stamp = final / "toy.json"
-    if final.exists():
+
+    def existing() -> Path | None:
+        if not final.exists():
+            return None
         if not stamp.is_file():
             raise FileExistsError(f"{final} exists but is not a toy dataset (no toy.json); use another data_dir")
         if json.loads(stamp.read_text()) != params:
             raise FileExistsError(f"{final} holds a toy dataset made with other settings ({stamp}); delete it "
                                   f"or choose another data_dir")
         return final / "VOC2012"
-    tmp = data_dir / "VOCdevkit.partial"
+
+    if (done := existing()) is not None:
+        return done
+    for partial in data_dir.glob("VOCdevkit.partial.*"):  # left by killed generators
+        pid = partial.suffix[1:]
+        if not pid.isdigit() or not process_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+    tmp = data_dir / f"VOCdevkit.partial.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     root = tmp / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -152,8 +167,38 @@ def generate_toy_voc(data_dir: str | Path, *, num_train: int = 1000, num_val: in
     for name, ids in splits.items():
         (root / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(ids) + "\n")
     (tmp / "toy.json").write_text(json.dumps(params))
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished first: keep its dataset if it has these settings
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (done := existing()) is None:
+            raise
+        return done
     return final / "VOC2012"
+
+
+def write_toy_folder(data_dir: str | Path, *, num_train: int = 200, num_val: int = 20, num_test: int = 5,
+                     size_range: tuple[int, int] = (80, 112), seed: int = 0) -> Path:
+    """Write toy images in :class:`~deeplab_lightning.data.folder.FolderDataModule`'s layout, as a stand-in for
+    your own data: ``images/{train,val,test}/``, ``masks/{train,val}/`` (test is unlabelled) and
+    ``classes.yaml`` (names and palette). Refuses a folder that is not empty. Returns ``data_dir``."""
+    data_dir = Path(data_dir)
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise FileExistsError(f"{data_dir} is not empty; choose a new folder for the example data")
+    rng = np.random.default_rng(seed)
+    palette = voc_palette()
+    for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
+        (data_dir / "images" / split).mkdir(parents=True)
+        if split != "test":
+            (data_dir / "masks" / split).mkdir(parents=True)
+        for i in range(count):
+            image, mask = render_toy_sample(rng, size_range)
+            image.save(data_dir / "images" / split / f"{split}_{i:04d}.jpg", quality=90)
+            if split != "test":
+                mask.save(data_dir / "masks" / split / f"{split}_{i:04d}.png")
+    classes = {"names": list(TOY_CLASSES), "palette": [list(palette[i]) for i in range(len(TOY_CLASSES))]}
+    (data_dir / "classes.yaml").write_text(yaml.safe_dump(classes, default_flow_style=None, sort_keys=False))
+    return data_dir
 
 
 class ToyVOCDataModule(VOCDataModule):

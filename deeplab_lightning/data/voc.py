@@ -1,9 +1,9 @@
-"""PASCAL VOC 2012 segmentation, read through torchvision's VOCSegmentation file lists."""
+"""PASCAL VOC 2012 segmentation (VOC's own layout and split lists; SBD through torchvision's SBDataset)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision.datasets import SBDataset, VOCSegmentation
+from torchvision.datasets import SBDataset
 
 from .base import SegmentationDataModule
 from .classes import VOC_CLASSES, voc_palette
@@ -30,15 +30,24 @@ def check_voc_root(data_dir: Path) -> Path:
     return root
 
 
-def read_split(list_file: Path) -> list[str]:
-    """Ids listed in a split file, one per line; raises if the file is missing or lists nothing."""
+def read_split(list_file: Path, unique: bool = True) -> list[str]:
+    """Ids listed in a split file, one per line (blank lines skipped); raises if the file is missing, lists
+    nothing, or (``unique``) lists an id twice: a repeated image would count twice in the metric."""
     if not list_file.is_file():
         available = sorted(p.stem for p in list_file.parent.glob("*.txt"))
         raise FileNotFoundError(f"Split list {list_file} does not exist (available splits: {available})")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
-    if not ids:
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        sid = line.split()[0]
+        if unique and sid in first_line:
+            raise ValueError(f"Split list {list_file} lists id {sid!r} twice (lines {first_line[sid]} and "
+                             f"{number}); remove the repeated line")
+        first_line.setdefault(sid, number)
+    if not first_line:
         raise ValueError(f"Split list {list_file} names no images")
-    return ids
+    return list(first_line)
 
 
 def check_files(samples: list[Sample], list_file: Path) -> list[Sample]:
@@ -59,7 +68,8 @@ class VOCDataModule(SegmentationDataModule):
         train_split: ``"train_aug"`` (the papers' 10,582 images), ``"train"`` (1,464) or any list name.
         **kwargs: see :class:`SegmentationDataModule` (crop_size=513, scale_range=(0.5, 2.0), ...).
 
-    ``train``, ``val`` and ``trainval`` come from torchvision's ``VOCSegmentation``. ``train_aug`` = VOC train
+    Split lists are read strictly (a repeated id is an error naming its lines; torchvision's
+    ``VOCSegmentation`` would turn a blank line into an image named ``.jpg``). ``train_aug`` = VOC train
     ∪ SBD train ∪ SBD val, minus VOC val, without duplicates: from the pre-converted
     ``SegmentationClassAug/`` + ``ImageSets/Segmentation/train_aug.txt`` when present, else from ``sbd_dir``
     through torchvision's ``SBDataset`` (VOC's own PNG is used where an image has one). VOC val images are
@@ -83,7 +93,7 @@ class VOCDataModule(SegmentationDataModule):
         aug_dir, aug_list = root / "SegmentationClassAug", lists / "train_aug.txt"
         if aug_dir.is_dir() and aug_list.is_file():
             return [Sample(i, root / "JPEGImages" / f"{i}.jpg", aug_dir / f"{i}.png")
-                    for i in dict.fromkeys(read_split(aug_list)) if i not in val_ids]
+                    for i in read_split(aug_list, unique=False) if i not in val_ids]
         if self.sbd_dir is None:
             raise FileNotFoundError(
                 f"train_aug needs SBD: set data.init_args.sbd_dir to the folder holding SBD's img/, cls/, "
@@ -108,11 +118,6 @@ class VOCDataModule(SegmentationDataModule):
         list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if split == "train_aug":
             return check_files(self.train_aug_samples(root), list_file)
-        if split in ("train", "val", "trainval"):
-            read_split(list_file)  # clear errors for a missing or empty list
-            tv = VOCSegmentation(str(self.data_dir), year="2012", image_set=split, download=False)
-            samples = [Sample(Path(i).stem, Path(i), Path(t)) for i, t in zip(tv.images, tv.targets)]
-        else:
-            samples = [Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
-                       for i in read_split(list_file)]
+        samples = [Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
+                   for i in read_split(list_file)]
         return check_files(samples, list_file)

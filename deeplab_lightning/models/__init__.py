@@ -3,9 +3,9 @@ from .backbones.base import Backbone, FeatureInfo
 from .backbones.resnet import ResNetBackbone
 from .deeplab import DeepLab, DeepLabV3, DeepLabV3Plus
 from .convert import from_torchvision
-from .registry import create_model, list_models
+from .registry import ModelName, create_model, list_models
 
 __all__ = [
     "Backbone", "FeatureInfo", "ResNetBackbone", "DeepLab", "DeepLabV3", "DeepLabV3Plus",
-    "create_model", "list_models", "from_torchvision",
+    "ModelName", "create_model", "list_models", "from_torchvision",
 ]

@@ -20,9 +20,11 @@ PAPER_MULTIPLY_ADDS = {
 }
 
 
-def receptive_field(model: nn.Module, size: int = 513) -> tuple[int, int]:
-    """Theoretical receptive field (height, width in input pixels) of the centre logit, on a ``size`` x
-    ``size`` input; a value equal to ``size`` means "at least the whole input" (always so with image pooling).
+def receptive_field(model: nn.Module, size: int = 513, at: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """Theoretical receptive field (height, width in input pixels, within the input) of one logit, on a
+    ``size`` x ``size`` input: the centre logit by default, or the one at ``at`` (fractions of the logit map's
+    height and width: ``(0, 0)`` is the top-left corner, whose field shows how far context reaches across the
+    image). A value equal to ``size`` means "at least the whole input" (always so with image pooling).
     For a :class:`DeepLab` the logit is taken at the head's stride, before the bilinear upsampling (which
     would mix neighbouring logits).
 
@@ -41,7 +43,8 @@ def receptive_field(model: nn.Module, size: int = 513) -> tuple[int, int]:
                 m.reset_parameters()
     image = torch.ones(1, 3, size, size, requires_grad=True)
     out = probe.head(probe.backbone(image)) if isinstance(probe, DeepLab) else probe(image)
-    out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+    row, col = (min(int(f * n), n - 1) for f, n in zip(at, out.shape[2:]))
+    out[0, :, row, col].sum().backward()
     hit = image.grad[0].abs().sum(0) > 0
     rows, cols = hit.any(1).nonzero(), hit.any(0).nonzero()
     return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)

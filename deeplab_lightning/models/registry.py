@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Literal
 
 from torch import nn
 
@@ -63,6 +64,10 @@ for _depth in (50, 101):
     _REGISTRY[f"deeplabv3_cascade_resnet{_depth}"] = partial(_resnet_deeplab, DeepLabV3Cascade, _depth, 16,
                                                              (1, 2, 4))
 _REGISTRY["deeplabv3plus_xception65"] = _xception_deeplab
+
+
+# The registry's names as a type: the command line lists them in --help and refuses others at parse time.
+ModelName = Literal[tuple(sorted(_REGISTRY))]  # type: ignore[valid-type]
 
 
 def list_models() -> list[str]:

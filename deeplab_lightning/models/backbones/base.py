@@ -1,6 +1,9 @@
 """What every backbone declares: the channels and stride of each feature map it returns."""
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,3 +54,32 @@ def check_output_stride(output_stride: int) -> int:
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
     return output_stride
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be read from the cache nor downloaded."""
+
+
+@contextlib.contextmanager
+def pretrained_weights(what: str, url: str | None = None, hf_repo: str | None = None) -> Iterator[None]:
+    """Run a pretrained-weights load; if it fails for lack of a network (an offline cluster node) or cache,
+    raise one line saying which file is needed and where to put it: torchvision's ``url`` goes to
+    ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), timm's Hugging Face ``hf_repo`` to the
+    Hugging Face cache (``$HF_HOME/hub``)."""
+    try:
+        yield
+    except OSError as err:  # URLError, requests' ConnectionError, huggingface_hub's offline / not-cached errors
+        if url is not None:
+            import torch.hub
+
+            where = (f"put {url.rsplit('/', 1)[-1]} (from {url}) into {os.path.join(torch.hub.get_dir(), 'checkpoints')} "
+                     f"(set TORCH_HOME to move that folder)")
+        else:
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            where = (f"fetch the Hugging Face repo {hf_repo} where there is internet (python -c \"import timm; "
+                     f"timm.create_model('{hf_repo.split('/')[-1]}', pretrained=True)\") and copy its cache folder "
+                     f"models--{hf_repo.replace('/', '--')} into {HF_HUB_CACHE} (set HF_HOME to move it)")
+        raise PretrainedWeightsUnavailable(
+            f"The ImageNet weights of {what} are not cached here and could not be downloaded "
+            f"({type(err).__name__}): {where}; or set model.pretrained_backbone false") from err

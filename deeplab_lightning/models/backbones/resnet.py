@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .base import Backbone, FeatureInfo, check_output_stride
+from .base import Backbone, FeatureInfo, check_output_stride, pretrained_weights
 
 _RESNETS = {
     18: (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
@@ -56,7 +56,8 @@ class ResNetBackbone(Backbone):
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}")
         check_output_stride(output_stride)
         builder, weights = _RESNETS[depth]
-        net = builder(weights=weights if pretrained else None)
+        with pretrained_weights(f"ResNet-{depth}", url=weights.url):
+            net = builder(weights=weights if pretrained else None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         for name in _STAGES:
             setattr(self, name, getattr(net, name))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .base import Backbone, FeatureInfo
+from .base import Backbone, FeatureInfo, pretrained_weights
 
 # Indices of torchvision's vgg16().features: pooling layers and the conv5 block.
 _POOLS = (4, 9, 16, 23, 30)
@@ -29,7 +29,8 @@ class VGG16Backbone(Backbone):
     def __init__(self, *, pretrained: bool = False) -> None:
         super().__init__()
         weights = tvm.VGG16_Weights.IMAGENET1K_V1 if pretrained else None
-        net = tvm.vgg16(weights=weights)
+        with pretrained_weights("VGG-16", url=tvm.VGG16_Weights.IMAGENET1K_V1.url):
+            net = tvm.vgg16(weights=weights)
         features = net.features
         for i in _POOLS:
             stride = 2 if i in _POOLS[:3] else 1

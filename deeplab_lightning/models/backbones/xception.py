@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from .base import Backbone, FeatureInfo, check_output_stride
+from .base import Backbone, FeatureInfo, check_output_stride, pretrained_weights
 
 # TF DeepLab's decoder input for xception_65 (feature_extractor.py, DECODER_END_POINTS).
 LOW_LEVEL_TAP = "entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise"
@@ -33,7 +33,8 @@ class Xception65Backbone(Backbone):
                  model_name: str = "xception65.tf_in1k") -> None:
         super().__init__()
         self.output_stride = check_output_stride(output_stride)
-        net = timm.create_model(model_name, pretrained=pretrained, output_stride=output_stride, num_classes=0)
+        with pretrained_weights(f"Xception-65 ({model_name})", hf_repo=f"timm/{model_name}"):
+            net = timm.create_model(model_name, pretrained=pretrained, output_stride=output_stride, num_classes=0)
         self.stem, self.blocks = net.stem, net.blocks
         self.input_mean = tuple(net.pretrained_cfg["mean"])
         self.input_std = tuple(net.pretrained_cfg["std"])

@@ -1,0 +1,52 @@
+"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data`` and ``ablate``."""
+from __future__ import annotations
+
+import sys
+
+from . import __version__
+
+SUBCOMMANDS = {
+    "fit": "train a model: deeplab-lightning fit --config experiments/<experiment>.yaml",
+    "validate": "evaluate a checkpoint on the validation split (--ckpt_path)",
+    "test": "evaluate a checkpoint on the test split, with the config's multi-scale / flip / CRF",
+    "predict": "write predicted label PNGs and overlays for a split or an image folder",
+    "check-data": "open every file of a config's dataset; print class shares and every problem",
+    "ablate": "train and compare a grid of variants from one YAML (table, CSV, JSON, plots)",
+}
+
+
+def usage() -> str:
+    names = "{" + ",".join(SUBCOMMANDS) + "}"
+    rows = "\n".join(f"  {name:<11} {text}" for name, text in SUBCOMMANDS.items())
+    return (f"usage: deeplab-lightning [-h] [--version] {names} ...\n\n"
+            f"DeepLab V1, V2, V3 and V3+ for semantic segmentation, on PyTorch Lightning.\n\n"
+            f"subcommands (deeplab-lightning <subcommand> --help lists its options):\n{rows}\n\n"
+            f"options:\n  -h, --help  show this message and exit\n  --version   show the version and exit")
+
+
+def console_main() -> None:
+    """Dispatch ``sys.argv`` to a subcommand; answer ``--help`` and ``--version`` here."""
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        print(f"deeplab-lightning {__version__}")
+        return
+    if args[0] not in SUBCOMMANDS:
+        print(f"{usage()}\n\ndeeplab-lightning: error: unknown subcommand {args[0]!r}", file=sys.stderr)
+        sys.exit(2)
+    from .cli import default_wandb_mode
+
+    default_wandb_mode()
+    if args[0] == "check-data":
+        from .check_data import main as check_data_main
+
+        sys.exit(check_data_main(args[1:]))
+    if args[0] == "ablate":
+        from .ablate import main as ablate_main
+
+        sys.exit(ablate_main(args[1:]))
+    from .cli import main
+
+    main()

@@ -1,0 +1,48 @@
+"""Third-party start-up noise, filtered at its source so the first lines of a run are the run's own.
+
+What is dropped, and why it is harmless here:
+
+- Lightning's hardware lines (``GPU available ...``, ``TPU available ...``), its advertising tip and ``Seed set
+  to N`` (the seed is in the saved config and ``run_info.json``);
+- Lightning's ``LeafSpec`` deprecation warning (its own use of a torch API; nothing for a user to change) and
+  tqdm's "IProgress not found" in notebooks without ipywidgets (progress is shown by rich, not tqdm);
+- wandb's banner and closing lines (``WANDB_SILENT``, unless set otherwise: the run folder, the sync command
+  or the run's URL are printed at the end of a fit; errors still show) and its ``anonymous`` deprecation warning (Lightning's ``WandbLogger`` always passes the
+  setting; :func:`drop_wandb_anonymous` removes it);
+- Lightning's model summary table, which lists the metric modules and ``Total FLOPs: 0``: the command prints
+  :class:`~deeplab_lightning.callbacks.NetworkSummary` instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Seed set to ")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(prefix) for prefix in NOISE)
+
+
+def silence_third_party_noise() -> None:
+    """Install the filters (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def drop_wandb_anonymous(logger: Any) -> None:
+    """Remove the ``anonymous=None`` Lightning's ``WandbLogger`` passes to ``wandb.init`` (wandb warns that
+    the setting has no effect); other loggers are left alone."""
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)

@@ -1,0 +1,79 @@
+"""Your own images and masks in folders: fit, validate and predict through the command, with clear errors."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from deeplab_lightning.cli import main
+from deeplab_lightning.data import FolderDataModule
+from deeplab_lightning.data.toy import write_toy_folder
+
+
+@pytest.fixture(scope="module")
+def own_data(tmp_path_factory) -> Path:
+    return write_toy_folder(tmp_path_factory.mktemp("own") / "shapes", num_train=8, num_val=3, num_test=2,
+                            size_range=(48, 64))
+
+
+def test_folder_data_module_fits_validates_and_predicts_through_the_command(tmp_path, own_data):
+    config = tmp_path / "own.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "run"), "num_sanity_val_steps": 0,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "run" / "ckpt"), "filename": "best",
+                                                 "monitor": "val/mIoU", "mode": "max"}}]},
+        "model": {"arch": "deeplabv3plus_resnet18", "model_kwargs": {"aspp_channels": 16, "decoder_channels": 16},
+                  "class_weights": [0.5, 1, 1, 1, 1, 1], "top_k_percent_pixels": 0.5},
+        "data": {"class_path": "deeplab_lightning.data.FolderDataModule", "init_args": {
+            "data_dir": str(own_data), "classes": str(own_data / "classes.yaml"), "crop_size": 48, "batch_size": 2,
+            "val_batch_size": 2, "num_workers": 0}}}))
+    cli = main(["fit", "--config", str(config)])
+    assert cli.model.class_names[1] == "disk" and cli.model.num_classes == 6  # from classes.yaml
+    assert cli.model.evaluation_results("val").confmat.sum() > 0
+    best = str(tmp_path / "run" / "ckpt" / "best.ckpt")
+    main(["validate", "--config", str(config), "--ckpt_path", best])
+    main(["predict", "--config", str(config), "--ckpt_path", best, "--data.init_args.test_split", "test",
+          "--output_dir", str(tmp_path / "pred")])
+    for name in ("test_0000", "test_0001"):
+        png = Image.open(tmp_path / "pred" / f"{name}.png")
+        assert png.size == Image.open(own_data / "images" / "test" / f"{name}.jpg").size
+        assert png.getpalette()[3:6] == yaml.safe_load((own_data / "classes.yaml").read_text())["palette"][1]
+
+
+def test_folder_data_module_names_what_is_missing(tmp_path, own_data):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(own_data, broken)
+    (broken / "masks" / "val" / "val_0001.png").unlink()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(broken / "masks" / "val" / "stray.png")
+    dm = FolderDataModule(str(broken), classes=["background", "thing"])
+    with pytest.raises(FileNotFoundError, match=r"have no mask <name>.png .*val_0001.jpg"):
+        dm.samples("val")
+    (broken / "images" / "val" / "val_0001.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"mask\(s\) in .*masks/val have no image .*stray"):
+        dm.samples("val")
+    with pytest.raises(FileNotFoundError, match=r"images/nope does not exist. Expected this layout"):
+        dm.samples("nope")
+    with pytest.raises(FileNotFoundError, match="Class file .*missing.yaml"):
+        FolderDataModule(str(broken), classes=str(tmp_path / "missing.yaml"))
+
+
+def test_overlay_legend_shows_the_classes_present_in_their_colours():
+    from deeplab_lightning.callbacks import overlay
+    from deeplab_lightning.data import TOY_CLASSES, voc_palette
+
+    palette = np.array(voc_palette(), np.uint8)
+    labels = np.zeros((40, 50), np.uint8)
+    labels[5:20, 5:20], labels[25:35, 10:45] = 1, 3  # disk, triangle
+    image = np.full((40, 50, 3), 128, np.uint8)
+    plain = overlay(image, labels, palette)
+    assert plain.shape == (40, 100, 3)
+    shown = overlay(image, labels, palette, names=TOY_CLASSES)
+    assert np.array_equal(shown[:40], plain)
+    strip = {tuple(p) for p in shown[40:].reshape(-1, 3)}
+    assert {tuple(palette[c]) for c in (0, 1, 3)} <= strip  # a swatch per class present
+    assert tuple(palette[2]) not in strip and tuple(palette[4]) not in strip  # none for absent classes
