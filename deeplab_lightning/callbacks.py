@@ -191,6 +191,13 @@ class ProgressBar(RichProgressBar):
         super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._eval_line(trainer, "validation", batch_idx, dataloader_idx)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        results = getattr(pl_module, "evaluation_results", lambda stage: None)("val")
+        if self.plain is not None and trainer.state.fn == "fit" and results is not None and not trainer.sanity_checking:
+            self.plain.print(f"validation at step {results.step}: val/mIoU {results.mIoU:.4f}, pixel accuracy "
+                             f"{results.pixel_acc:.4f}", markup=False, highlight=False, soft_wrap=True)
+
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._eval_line(trainer, "test", batch_idx, dataloader_idx)

@@ -4,7 +4,7 @@ import re
 
 import lightning as L
 
-from deeplab_lightning.callbacks import ProgressBar
+from deeplab_lightning.callbacks import FinalValidation, ProgressBar
 from deeplab_lightning.data import ToyVOCDataModule
 from deeplab_lightning.module import SegmentationModule
 
@@ -13,7 +13,7 @@ def _fit(toy_dir, toy_settings, bar, **trainer_kwargs):
     module = SegmentationModule("deeplabv3plus_resnet18", 6, model_kwargs={"aspp_channels": 16, "decoder_channels": 16})
     dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, val_batch_size=3, num_workers=0)
     trainer = L.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=[bar], **trainer_kwargs)
+                        num_sanity_val_steps=0, callbacks=[bar, FinalValidation()], **trainer_kwargs)
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -61,4 +61,6 @@ def test_plain_progress_lines_when_the_output_is_not_a_terminal(toy_dir, toy_set
     assert all(re.search(r"\| loss \d+\.\d{4} \| lr [\d.e-]+ \|", line) for line in steps)
     assert all(re.search(r"img/s \| elapsed \d:\d\d:\d\d \| ETA \d:\d\d:\d\d$", line) for line in steps[1:])
     assert "validation batch 2/2" in log.getvalue()  # evaluations report progress too
+    assert re.search(r"validation at step 3: val/mIoU \d\.\d{4}", log.getvalue())
+    assert re.search(r"validation at step 5: val/mIoU \d\.\d{4}", log.getvalue())  # the final validation
     assert "\x1b[" not in log.getvalue()  # plain text: no terminal control codes in the log

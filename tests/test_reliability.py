@@ -60,13 +60,17 @@ def test_evaluate_at_output_stride_8_a_model_trained_at_16(tmp_path, toy_dir, to
 
 @pytest.mark.parametrize("override, key", [(["--model.output_strid", "8"], "output_strid"),
                                            (["--trainer.max_step", "3"], "max_step"),
-                                           (["--model.optimizer", "adam"], "optimizer"),
-                                           (["--data.init_args.crop_size", "0"], "crop_size must be a positive")])
+                                           (["--model.optimizer", "adam"], "optimizer")])
 def test_unknown_config_keys_and_values_are_named(tmp_path, toy_dir, toy_settings, capsys, override, key, write_config):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings)), *override])
     assert exit_info.value.code != 0
     assert key in capsys.readouterr().err
+
+
+def test_a_zero_crop_size_is_named_before_any_network_runs(tmp_path, toy_dir, toy_settings, write_config):
+    with pytest.raises(ValueError, match=r"crop_size must be a positive int or \[height, width\], got 0"):
+        main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings)), "--data.init_args.crop_size", "0"])
 
 
 def test_unknown_key_inside_a_config_file_is_named(tmp_path, toy_dir, toy_settings, capsys, write_config):
