@@ -506,8 +506,8 @@ class SegmentationWriter(BasePredictionWriter):
 
     @rank_zero_only
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        Console(stderr=True).print(f"Predictions (PNG class indices{' and overlays' if self.overlays else ''}) "
-                                   f"written to {self.output_dir}")
+        what = "PNG class indices and overlays" if self.overlays else "PNG class indices"
+        Console(stderr=True, soft_wrap=True).print(f"Predictions ({what}) written to {self.output_dir}")
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: list[torch.Tensor],
                            batch_indices, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

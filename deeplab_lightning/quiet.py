@@ -7,8 +7,8 @@ What is dropped, and why it is harmless here:
 - Lightning's ``LeafSpec`` deprecation warning (its own use of a torch API; nothing for a user to change) and
   tqdm's "IProgress not found" in notebooks without ipywidgets (progress is shown by rich, not tqdm);
 - wandb's banner and closing lines (``WANDB_SILENT``, unless set otherwise: the run folder, the sync command
-  or the run's URL are printed at the end of a fit; errors still show) and its ``anonymous`` deprecation warning (Lightning's ``WandbLogger`` always passes the
-  setting; :func:`drop_wandb_anonymous` removes it);
+  or the run's URL are printed at the end of a fit; errors still show) and its ``anonymous`` deprecation
+  warning (Lightning's ``WandbLogger`` always passes the setting; :func:`drop_wandb_anonymous` removes it);
 - Lightning's model summary table, which lists the metric modules and ``Total FLOPs: 0``: the command prints
   :class:`~deeplab_lightning.callbacks.NetworkSummary` instead.
 """

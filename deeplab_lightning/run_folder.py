@@ -3,9 +3,9 @@
 A fit writes everything (config, run info, checkpoints, logs) under ``trainer.default_root_dir``. If that
 folder already holds a run, the fit writes to the first free sibling ``<folder>-2``, ``<folder>-3`` ... and
 says so, unless it continues a run: ``--ckpt_path`` names a checkpoint inside one of these folders, or the fit
-is a requeued SLURM job whose folder holds the ``hpc_ckpt_*.ckpt`` Lightning saved before the requeue. A lock file (``run.lock``, created atomically) marks
-the folder while a fit runs in it, so two fits started at once take two folders, and a second fit continuing
-the same run is refused while the first is alive.
+is a requeued SLURM job whose folder holds the ``hpc_ckpt_*.ckpt`` Lightning saved before the requeue. A lock
+file (``run.lock``, created atomically) marks the folder while a fit runs in it, so two fits started at once
+take two folders, and a second fit continuing the same run is refused while the first is alive.
 """
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
         assert float(row["train_img_s"]) > 0 and float(row["eval_img_s"]) > 0 and float(row["params_M"]) > 0
     assert rows[0]["mIoU_ms_flip"] != rows[0]["mIoU"] or rows[0]["mIoU_crf"] != rows[0]["mIoU"]
     markdown = (out / "report.md").read_text().splitlines()
-    assert "+MS/flip+CRF (%)" in markdown[2] and len([line for line in markdown if line.startswith("| image_pooling=True")]) == 2
+    assert "+MS/flip+CRF (%)" in markdown[2]
+    assert len([line for line in markdown if line.startswith("| image_pooling=True")]) == 2
     assert Image.open(out / "report.png").size[0] > 500
     assert json.loads((out / "report.json").read_text())[1]["model.output_stride"] == 16
     printed = capsys.readouterr().out

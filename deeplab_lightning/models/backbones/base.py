@@ -72,8 +72,8 @@ def pretrained_weights(what: str, url: str | None = None, hf_repo: str | None = 
         if url is not None:
             import torch.hub
 
-            where = (f"put {url.rsplit('/', 1)[-1]} (from {url}) into {os.path.join(torch.hub.get_dir(), 'checkpoints')} "
-                     f"(set TORCH_HOME to move that folder)")
+            folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+            where = f"put {url.rsplit('/', 1)[-1]} (from {url}) into {folder} (set TORCH_HOME to move that folder)"
         else:
             from huggingface_hub.constants import HF_HUB_CACHE
 

@@ -1,0 +1,61 @@
+"""The ablation report: a rich table and report.csv, report.md, report.json and report.png."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ..plots import ablation_figure
+
+MIN_THROUGHPUT_STEPS = 50  # fewer measured training steps than this: images/s are too noisy to compare runs
+METRICS = {"mIoU": "mIoU", "mIoU_ms_flip": "+MS/flip", "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def report_columns(rows: list[dict[str, Any]], grid_keys: list[str]) -> list[tuple[str, str]]:
+    """(field, header) of the report: run, grid values, mIoU variants present, speed, size."""
+    columns = [("run", "run"), *((k, k.rsplit(".", 1)[-1]) for k in grid_keys)]
+    columns += [(k, f"{h} (%)") for k, h in METRICS.items() if any(k in r for r in rows)]
+    return columns + [("train_img_s", "train img/s"), ("eval_img_s", "eval img/s"), ("params_M", "params (M)")]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if key in METRICS and value is not None:
+        return _fmt(100 * value)
+    return _fmt(value, 1 if key.endswith("_img_s") else 2)
+
+
+def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path, title: str) -> Table:
+    """Writes report.csv, report.md, report.png and report.json; returns the rich table."""
+    columns = report_columns(rows, grid_keys)
+    with open(out_dir / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([k for k, _ in columns])
+        writer.writerows([[row.get(k) for k, _ in columns] for row in rows])
+    lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
+             "|" + "|".join("---" if k == "run" else "---:" for k, _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(rows, indent=2, default=str))
+    ablation_figure(rows, METRICS, title).savefig(out_dir / "report.png", dpi=120)
+    compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
+    table = Table(title=title)
+    longest = max((len(str(row["run"])) for row in rows), default=3)
+    for key, header in compact:  # the run name is never cut: it tells the runs apart (other columns wrap)
+        if key == "run":
+            table.add_column(header, no_wrap=True, min_width=longest)
+        else:
+            table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*(_cell(row, k) for k, _ in compact))
+    return table

@@ -1,0 +1,141 @@
+"""Ablation files: reading and checking them, the grid of runs, and each run's config (the base experiment with
+the overrides, its outputs in the run's folder)."""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate"}
+
+
+@dataclass
+class Ablation:
+    """A parsed ablation file."""
+
+    name: str
+    base: Path
+    output_dir: Path
+    set: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    ms_flip: dict[str, Any] | None = None
+    crf: dict[str, Any] | None = None
+
+    def runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run name, overrides) for every variant and combination of the grid (``base`` without either)."""
+        keys = list(self.grid)
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        variants = self.variants or {"": {}}
+        runs = []
+        for variant, settings in variants.items():
+            for combo in combos:
+                name = ",".join(part for part in (variant, run_name(combo) if combo else "") if part) or "base"
+                runs.append((name, {**settings, **combo}))
+        return runs
+
+
+def _fail(path: Path, message: str) -> NoReturn:
+    raise ValueError(f"Ablation file {path}: {message}")
+
+
+def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Ablation:
+    """Read and check an ablation file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Ablation file {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        _fail(path, "expected a mapping with keys " + ", ".join(sorted(ABLATION_KEYS)))
+    unknown = set(spec) - ABLATION_KEYS
+    if unknown:
+        _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(ABLATION_KEYS)}")
+    if "base" not in spec:
+        _fail(path, "'base' (the experiment YAML every run starts from) is missing")
+    base = (path.parent / spec["base"]).resolve()
+    if not base.is_file():
+        _fail(path, f"base experiment {base} does not exist")
+    variants = spec.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        _fail(path, "variants must map a name to a mapping of dotted overrides")
+    grid = spec.get("grid") or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            _fail(path, f"grid.{key} must be a non-empty list of values, got {values!r}")
+    evaluate = spec.get("evaluate") or {}
+    if set(evaluate) - {"ms_flip", "crf"}:
+        _fail(path, f"evaluate takes ms_flip and crf, got {sorted(evaluate)}")
+    name = spec.get("name") or path.stem
+
+    def kwargs(value: Any) -> dict[str, Any] | None:
+        return None if value in (None, False) else ({} if value is True else dict(value))
+
+    return Ablation(name=name, base=base,
+                    output_dir=Path(output_dir or spec.get("output_dir") or f"runs/ablations/{name}"),
+                    set=dict(spec.get("set") or {}), variants=dict(variants), grid=dict(grid),
+                    ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")))
+
+
+def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """``config[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way and stepping into
+    ``init_args`` where a part is a ``class_path`` entry."""
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, dict) and "class_path" in node and part not in ("class_path", "init_args"):
+            node = node.setdefault("init_args", {})
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if "class_path" in node and parts[-1] not in ("class_path", "init_args"):
+        node = node.setdefault("init_args", {})
+    node[parts[-1]] = value
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """``arch=deeplabv3_resnet18,output_stride=8`` style names from the last part of each key."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return "-".join(map(str, value))
+        return str(value)
+
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={fmt(value)}" for key, value in overrides.items())
+
+
+def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: dict[str, Any],
+               run_dir: Path) -> dict[str, Any]:
+    """The base config with the ablation's overrides, its outputs under ``run_dir`` and wandb grouping."""
+    config = copy.deepcopy(base)
+    for key, value in {**ablation.set, **overrides}.items():
+        set_dotted(config, key, value)
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(run_dir)
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and logger.get("class_path", "").endswith("WandbLogger"):
+        args = logger.setdefault("init_args", {})
+        tags = [ablation.name, *name.split(",")]
+        args.update(name=f"{ablation.name}/{name}", group=ablation.name, tags=[t[:64] for t in tags],
+                    save_dir=str(run_dir))
+    callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith("Throughput")]
+    for callback in callbacks:
+        if str(callback.get("class_path")).endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
+    max_steps = int(trainer.get("max_steps") or 0)
+    warmup = min(5, max(max_steps // 4, 0))
+    callbacks.append({"class_path": "deeplab_lightning.callbacks.Throughput", "init_args": {"warmup_steps": warmup}})
+    trainer["callbacks"] = callbacks
+    return config
+
+
+def run_dir_and_config(ablation: Ablation, base: dict[str, Any], name: str,
+                        overrides: dict[str, Any]) -> tuple[Path, str]:
+    """The run's folder (created) and its config as YAML text."""
+    run_dir = ablation.output_dir / name.replace("/", "_")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False)
