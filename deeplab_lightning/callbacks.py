@@ -368,10 +368,7 @@ class _ConfigureInference(L.Callback):
     and restores the settings it changed after each."""
 
     def __init__(self, stages: Sequence[str], **changes) -> None:
-        unknown = set(stages) - {"fit", "validate", "test", "predict"}
-        if unknown:
-            raise ValueError(f"{type(self).__name__} stages {sorted(unknown)} unknown; use fit, validate, test, "
-                             f"predict")
+        _check_stages(type(self).__name__, stages)
         self.stages, self.changes = tuple(stages), changes
         self._previous: Inference | None = None
 

@@ -36,9 +36,6 @@ def console_main() -> None:
     if args[0] not in SUBCOMMANDS:
         print(f"{usage()}\n\ndeeplab-lightning: error: unknown subcommand {args[0]!r}", file=sys.stderr)
         sys.exit(2)
-    from .cli import default_wandb_mode
-
-    default_wandb_mode()
     if args[0] == "check-data":
         from .check_data import main as check_data_main
 

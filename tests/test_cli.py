@@ -36,15 +36,18 @@ def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, to
 def test_every_fit_ends_with_a_validation_of_its_final_weights_and_names_its_outputs(
         tmp_path, toy_dir, toy_settings, capsys, write_config):
     config = write_config(tmp_path, toy_dir, toy_settings, max_steps=3)  # validates at step 3 ...
-    steps = []
     cli = main(["fit", "--config", str(config), "--trainer.val_check_interval", "2",  # ... but every 2 steps
                 "--trainer.num_sanity_val_steps", "1"])
     assert cli.model.evaluation_results("val").step == 3  # the final weights, not step 2's
     out = capsys.readouterr().out
     assert "Validation of the weights after step 3" in out
     best = torch.load(tmp_path / "ckpt" / "best.ckpt", map_location="cpu", weights_only=False)
-    steps = [c["global_step"] for c in [best]]
-    assert steps[0] in (2, 3)  # the better of the two validations; it always exists
+    checkpoint = cli.trainer.checkpoint_callback
+    assert best["global_step"] in (2, 3) and checkpoint.best_model_path == str(tmp_path / "ckpt" / "best.ckpt")
+    if best["global_step"] == 2:  # step 3's validation ran and did not beat step 2's
+        assert cli.model.evaluation_results("val").mIoU <= checkpoint.best_model_score.item()
+    else:
+        assert cli.model.evaluation_results("val").mIoU == pytest.approx(checkpoint.best_model_score.item())
     assert f"Run folder: {tmp_path}" in out and f"config: {tmp_path / 'config.yaml'}" in out
     assert f"best checkpoint: {tmp_path / 'ckpt' / 'best.ckpt'} (val/mIoU" in out
     assert f"Test it: deeplab-lightning test --config {config} --ckpt_path {tmp_path / 'ckpt' / 'best.ckpt'}" in out
