@@ -10,15 +10,16 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
 from .callbacks import FinalValidation, NetworkSummary, PreemptionCheckpoint, SegmentationWriter
 from .checkpoint_io import install_atomic_checkpoint_io
 from .data.base import SegmentationDataModule
+from .experiment import derive_run_paths, standard_callbacks
 from .module import SegmentationModule
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
 from .run_folder import ENV_RUN_DIR, claim_run_folder, relocate, release_run_folder
@@ -116,7 +117,9 @@ class DeepLabCLI(LightningCLI):
     output stride 16 at ``--model.output_stride 8`` is how the papers test. A checkpoint of another
     architecture or number of classes is refused by ``SegmentationModule.on_load_checkpoint``.
 
-    A fit claims its run folder (:mod:`deeplab_lightning.run_folder`: a new ``<folder>-N`` when the configured
+    The run folder and wandb name come from the experiment file's name, and the standard callbacks are added
+    unless configured (:mod:`deeplab_lightning.experiment`). A fit claims its run folder
+    (:mod:`deeplab_lightning.run_folder`: a new ``<folder>-N`` when the configured
     one holds another run), and saves ``last.ckpt`` and exits with status 143 when SIGTERM stops it
     (:class:`~deeplab_lightning.callbacks.PreemptionCheckpoint`). Checkpoints are written atomically
     (:class:`~deeplab_lightning.checkpoint_io.AtomicCheckpointIO`) whatever ``trainer.plugins`` holds;
@@ -138,6 +141,7 @@ class DeepLabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        derive_run_paths(config)
         self._configure_wandb(config.trainer)
         if self.subcommand == "fit":
             self._claim_run_folder(config)
@@ -200,6 +204,14 @@ class DeepLabCLI(LightningCLI):
             parser.add_argument("--overwrite", type=bool, default=False,
                                 help="Replace predictions already in output_dir (otherwise they are refused)")
         return parser
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        configured = config.get("callbacks") or []
+        configured = [*(configured if isinstance(configured, list) else [configured]), *callbacks]
+        logger = config.get("logger")
+        loggers = [lg for lg in (logger if isinstance(logger, list) else [logger]) if isinstance(lg, Logger)]
+        added = standard_callbacks(config, configured, self.subcommand, loggers)
+        return super()._instantiate_trainer(config, [*callbacks, *added])
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -1,10 +1,11 @@
-"""Print (or write into README.md) the table of DeepLab variants: backbone, output stride, atrous rates,
-parameters and multiply-adds at 513x513 beside the V3+ paper's; then every paper row at output stride 16 and 8,
-and the ResNet-101 gap stage by stage. Multiply-adds (conv and matmul, forward, batch 1, 21 classes) are
+"""Print (or write into README.md and docs/design.md) the table of DeepLab variants: backbone, output stride,
+atrous rates, parameters and multiply-adds at 513x513 beside the V3+ paper's; then every paper row at output
+stride 16 and 8, and the ResNet-101 gap stage by stage. Multiply-adds (conv and matmul, forward, batch 1, 21 classes) are
 counted on the meta device (no memory, no time).
 
     python scripts/model_table.py              # print the Markdown tables
-    python scripts/model_table.py --readme     # also replace the tables between their markers in README.md
+    python scripts/model_table.py --readme     # also replace the tables between their markers (README.md,
+                                               # docs/design.md)
     python scripts/model_table.py --check      # also run forward + backward at 513x513 on the CPU (slow)
 """
 from __future__ import annotations
@@ -160,21 +161,22 @@ def table(run_check: bool = False) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--readme", action="store_true", help="write the tables into README.md and docs/design.md")
     parser.add_argument("--check", action="store_true", help="run forward + backward at 513x513 (CPU, slow)")
     args = parser.parse_args()
     tables = {"model-table": table(args.check), "macs-table": paper_table() + "\n\n" + gap_table()}
     print(tables["macs-table"])
     if args.readme:
-        readme = Path(__file__).resolve().parents[1] / "README.md"
-        content = readme.read_text()
+        root = Path(__file__).resolve().parents[1]
         for marker, text in tables.items():
+            document = root / ("README.md" if marker == "model-table" else "docs/design.md")
+            content = document.read_text()
             begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
             if begin not in content:
-                raise SystemExit(f"{readme} has no {begin} ... {end} markers")
+                raise SystemExit(f"{document} has no {begin} ... {end} markers")
             content = re.sub(f"{re.escape(begin)}.*?{re.escape(end)}", f"{begin}\n{text}\n{end}", content,
                              flags=re.S)
-        readme.write_text(content)
+            document.write_text(content)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""What every experiment gets without writing it: its run folder and wandb run name from the experiment file's
+name, and the standard callbacks (progress, lr monitor, IoU table, wandb report, best and last checkpoints).
+
+An experiment YAML then holds only its recipe: ``experiments/v3_r101_os16_mg124_voc_513_30k_bs16.yaml`` trains
+into ``runs/v3_r101_os16_mg124_voc_513_30k_bs16/`` (checkpoints in its ``checkpoints/``) under the wandb name
+``v3_r101_os16_mg124_voc_513_30k_bs16``. Whatever the config sets itself is kept.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from .callbacks import IoUTable, ProgressBar, WandbReport
+
+RUNS_ROOT = Path("runs")
+
+
+def experiment_name(config_files: Sequence[Any] | None) -> str | None:
+    """The stem of the last config file given (``--config``), or None without one."""
+    return Path(str(config_files[-1])).stem if config_files else None
+
+
+def derive_run_paths(config: Any) -> None:
+    """Fill, in place, what a parsed subcommand config leaves unset: ``trainer.default_root_dir`` becomes
+    ``runs/<experiment>``, and a WandbLogger's ``name`` the experiment's name and its ``save_dir`` (default
+    ``"."``) the run folder."""
+    name = experiment_name(config.get("config"))
+    trainer = config.trainer
+    if name is not None and trainer.default_root_dir is None:
+        trainer.default_root_dir = str(RUNS_ROOT / name)
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    for logger in loggers:
+        if not (hasattr(logger, "class_path") and logger.class_path.endswith("WandbLogger")):
+            continue
+        args = logger.init_args
+        if name is not None and args.get("name") is None:
+            args["name"] = name
+        if trainer.default_root_dir is not None and args.get("save_dir") in (None, "."):
+            args["save_dir"] = trainer.default_root_dir
+
+
+def standard_callbacks(trainer_config: dict[str, Any], configured: Sequence[Callback], subcommand: str,
+                       loggers: Sequence[Logger]) -> list[Callback]:
+    """The standard callbacks a config does not set itself (one of the same class counts as set):
+    :class:`ProgressBar` (unless ``enable_progress_bar: false``), :class:`IoUTable`, a :class:`WandbReport`
+    with a wandb logger, for ``fit`` a step-wise :class:`LearningRateMonitor` with any logger, and a
+    :class:`ModelCheckpoint` keeping ``best.ckpt`` (highest ``val/mIoU``) and ``last.ckpt`` in
+    ``<default_root_dir>/checkpoints`` (unless ``enable_checkpointing: false``; it saves only in ``fit``, and
+    tells Lightning which callback wrote a ``--ckpt_path`` being evaluated)."""
+    def missing(kind: type) -> bool:
+        return not any(isinstance(c, kind) for c in configured)
+
+    added: list[Callback] = []
+    if trainer_config.get("enable_progress_bar") is not False and missing(ProgressBar):
+        added.append(ProgressBar())
+    if missing(IoUTable):
+        added.append(IoUTable())
+    if any(isinstance(lg, WandbLogger) for lg in loggers) and missing(WandbReport):
+        added.append(WandbReport())
+    if subcommand == "fit" and loggers and missing(LearningRateMonitor):
+        added.append(LearningRateMonitor(logging_interval="step"))
+    if trainer_config.get("enable_checkpointing") is not False and missing(ModelCheckpoint):
+        root = Path(trainer_config.get("default_root_dir") or ".")
+        added.append(ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val/mIoU", mode="max",
+                                     save_last=True, enable_version_counter=False))
+    return added
