@@ -1,4 +1,5 @@
-"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data`` and ``ablate``."""
+"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data``, ``ablate`` and
+``export``."""
 from __future__ import annotations
 
 import sys
@@ -12,6 +13,7 @@ SUBCOMMANDS = {
     "predict": "write predicted label PNGs and overlays for a split or an image folder",
     "check-data": "open every file of a config's dataset; print class shares and every problem",
     "ablate": "train and compare a grid of variants from one YAML (table, CSV, JSON, plots)",
+    "export": "write a checkpoint's network as ONNX, TorchScript or a torch.export program",
 }
 
 
@@ -44,6 +46,10 @@ def console_main() -> None:
         from .ablate import main as ablate_main
 
         sys.exit(ablate_main(args[1:]))
+    if args[0] == "export":
+        from .export import main as export_main
+
+        sys.exit(export_main(args[1:]))
     from .cli import main
 
     main()

@@ -21,7 +21,7 @@ from .data.transforms import crop_pair
 from .evaluation import CRFSettings, EvaluationResults, Inference, smallest_eval_size
 from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
-from .models import ModelName, create_model
+from .models import ModelName, convert_sync_batchnorm, create_model
 from .run_info import run_info
 
 
@@ -208,7 +208,7 @@ class SegmentationModule(L.LightningModule):
             raise ValueError("model.sync_batchnorm: true needs GPUs (PyTorch's SyncBatchNorm does not run on "
                              "CPU); leave it unset (auto) or false")
         if use and not any(isinstance(m, nn.SyncBatchNorm) for m in self.net.modules()):
-            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            self.net = convert_sync_batchnorm(self.net)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._raise_if_loss_was_nonfinite()

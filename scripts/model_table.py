@@ -25,7 +25,7 @@ from deeplab_lightning.models.analysis import PAPER_MULTIPLY_ADDS, multiply_adds
 
 def rates(model: torch.nn.Module) -> str:
     if hasattr(model, "aspp") and hasattr(model.aspp, "atrous_rates"):
-        return "ASPP " + "/".join(map(str, model.aspp.atrous_rates))
+        return "ASPP " + ("/".join(map(str, model.aspp.atrous_rates)) or "1x1 + pooling")
     if hasattr(model, "cascade"):
         grid = "(" + ",".join(map(str, model.cascade.multi_grid)) + ")"
         return "blocks 5-7 at " + "/".join(map(str, model.cascade.block_rates)) + " x " + grid
@@ -37,19 +37,30 @@ def backbone_name(model: torch.nn.Module) -> str:
     if hasattr(backbone, "depth"):
         mg = getattr(backbone, "multi_grid", None)
         return f"ResNet-{backbone.depth}" + (f", MG ({','.join(map(str, mg))})" if mg and set(mg) != {1} else "")
-    return {"VGG16Backbone": "VGG-16 atrous", "Xception65Backbone": "aligned Xception-65"}[type(backbone).__name__]
+    if hasattr(backbone, "encoder"):
+        return f"timm {backbone.encoder.pretrained_cfg['architecture']}"
+    return {"VGG16Backbone": "VGG-16 atrous", "Xception65Backbone": "aligned Xception-65",
+            "MobileNetV2Backbone": "MobileNetV2", "MobileNetV3LargeBackbone": "MobileNetV3-Large"
+            }[type(backbone).__name__]
 
 
-def _meta_model(name: str, output_stride: int | None = None) -> torch.nn.Module:
+# Examples of the models that take any backbone (create_model(name, backbone=...)).
+ANY_BACKBONE_EXAMPLES = [("deeplabv3plus", "mobilenetv2"), ("deeplabv3plus", "timm/convnext_tiny"),
+                         ("deeplabv3plus", "timm/efficientnet_b3"), ("deeplabv3plus", "timm/regnety_040"),
+                         ("deeplabv3plus", "timm/resnest50d")]
+
+
+def _meta_model(name: str, output_stride: int | None = None, **kwargs) -> torch.nn.Module:
     with torch.device("meta"):
-        return create_model(name, num_classes=21, output_stride=output_stride).eval()
+        return create_model(name, num_classes=21, output_stride=output_stride, **kwargs).eval()
 
 
-def row(name: str) -> list[str]:
-    model = _meta_model(name)
+def row(name: str, backbone: str | None = None) -> list[str]:
+    model = _meta_model(name, **({"backbone": backbone} if backbone else {}))
     params = sum(p.numel() for p in model.parameters()) / 1e6
     paper = PAPER_MULTIPLY_ADDS.get((name, model.output_stride))
-    return [f"`{name}`", backbone_name(model), str(model.output_stride), rates(model), f"{params:.1f}",
+    label = f"`{name}`" + (f" + `{backbone}`" if backbone else "")
+    return [label, backbone_name(model), str(model.output_stride), rates(model), f"{params:.1f}",
             f"{multiply_adds(model):.2f}", f"{paper:.2f}" if paper else ""]
 
 
@@ -155,6 +166,9 @@ def table(run_check: bool = False) -> str:
     for name in list_models():
         cells = row(name) + ([check(name)] if run_check else [])
         lines.append("| " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    for name, backbone in ANY_BACKBONE_EXAMPLES:
+        lines.append("| " + " | ".join(row(name, backbone) + ([""] if run_check else [])) + " |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from deeplab_lightning.models import ResNetBackbone, create_model, list_models
+from deeplab_lightning.models import ResNetBackbone, convert_sync_batchnorm, create_model, list_models
 from deeplab_lightning.models.heads.aspp import ASPP, default_atrous_rates
 
 
@@ -94,16 +94,29 @@ def _batchnorm_calls(model: nn.Module, images: torch.Tensor) -> tuple[list[nn.Mo
     return ran, len(calls)
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_sync_batchnorm_reaches_every_normalisation_layer(name):
+@pytest.mark.parametrize("name, kwargs", [(name, {}) for name in list_models()] + [
+    ("deeplabv3plus", {"backbone": "timm/efficientnet_b0"})], ids=lambda v: v if isinstance(v, str) else "")
+def test_sync_batchnorm_reaches_every_normalisation_layer_and_changes_nothing_else(name, kwargs):
     # Under DDP only nn.SyncBatchNorm sees the global batch: every BatchNorm must be a module that
-    # convert_sync_batchnorm converts (no F.batch_norm on private buffers), and each must run.
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(create_model(name, num_classes=3)).train()
+    # convert_sync_batchnorm converts (no F.batch_norm on private buffers), and each must run; the converted
+    # network computes what the original does (PyTorch's own conversion drops the ReLU of timm's BatchNormAct2d).
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, **kwargs).eval()
+    for m in model.modules():  # non-trivial statistics, so a dropped activation shows in the output
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            m.running_mean.normal_(0, 0.5)
+    images = torch.randint(0, 256, (2, 3, 33, 41), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model(images)
+    model = convert_sync_batchnorm(model)
     leftover = [n for n, m in model.named_modules()
                 if isinstance(m, nn.modules.batchnorm._NormBase) and not isinstance(m, nn.SyncBatchNorm)]
     assert not leftover
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), expected, rtol=0, atol=0)
+    model.train()
     syncs = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
-    ran, calls = _batchnorm_calls(model, torch.randint(0, 256, (2, 3, 33, 41), dtype=torch.uint8))
+    ran, calls = _batchnorm_calls(model, images)
     assert {id(m) for m in ran} == {id(m) for m in syncs}
     assert calls == len(ran)  # no normalisation outside the converted modules
 
@@ -235,7 +248,8 @@ def test_network_normalises_rgb_input_for_its_backbone(name, mean, std):
         assert seen[0][0, c].amax().item() == pytest.approx(high, abs=1e-5)
 
 
-@pytest.mark.parametrize("builder", [tvm.segmentation.deeplabv3_resnet50, tvm.segmentation.deeplabv3_resnet101])
+@pytest.mark.parametrize("builder", [tvm.segmentation.deeplabv3_resnet50, tvm.segmentation.deeplabv3_resnet101,
+                                     tvm.segmentation.deeplabv3_mobilenet_v3_large])
 def test_from_torchvision_gives_the_same_outputs(builder):
     from deeplab_lightning.models import from_torchvision
 
@@ -254,7 +268,24 @@ def test_from_torchvision_gives_the_same_outputs(builder):
         # Randomly initialised, the 101-layer network's logits reach ~1e4: compare relative to their scale.
         scale = max(1.0, expected.abs().max().item())
         assert (model(images) - expected).abs().max().item() <= 1e-4 * scale
-    assert model.aspp.atrous_rates == (12, 24, 36) and model.output_stride == 8
+    assert model.aspp.atrous_rates == (12, 24, 36)
+    assert model.output_stride == (16 if "mobilenet" in builder.__name__ else 8)
+
+
+def test_mobilenet_v3_dilation_is_torchvisions_and_mobilenet_v2_is_the_tf_references():
+    geometry = lambda module: [(name, c.stride, c.dilation, c.padding) for name, c in  # noqa: E731
+                               module.named_modules() if isinstance(c, nn.Conv2d)]
+    ours = create_model("deeplabv3_mobilenet_v3_large", num_classes=3, output_stride=16).backbone.features
+    assert geometry(ours) == geometry(tvm.mobilenet_v3_large(dilated=True).features)
+    for name, channels in (("deeplabv3_mobilenet_v3_large", [24, 960]), ("deeplabv3_mobilenetv2", [144, 320])):
+        for output_stride in (8, 16):
+            model = create_model(name, num_classes=3, output_stride=output_stride).eval()
+            with torch.no_grad():
+                features = model.backbone(model.normalize(torch.zeros(1, 3, 64, 64)))
+            assert [64 // f.shape[-1] for f in features] == [4, output_stride]
+            assert [f.shape[1] for f in features] == channels
+    v2 = create_model("deeplabv3_mobilenetv2", num_classes=3)
+    assert v2.aspp.atrous_rates == () and len(v2.aspp.branches) == 2  # TF: 1x1 conv + image pooling only
 
 
 def test_multiply_adds_against_the_v3plus_paper():

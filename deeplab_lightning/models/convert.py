@@ -5,11 +5,13 @@ import re
 
 from torch import nn
 
+from .backbones.mobilenet import MobileNetV3LargeBackbone
 from .backbones.resnet import ResNetBackbone
 from .deeplab import DeepLabV3
 
 # torchvision key prefix -> this project's; the ASPP image-pooling branch is convs.4 (pool, conv, bn, relu).
 _KEY_MAP = [
+    (r"^backbone\.(\d+)\.", r"backbone.features.\1."),  # MobileNetV3's features, numbered
     (r"^backbone\.", "backbone."),
     (r"^classifier\.0\.convs\.4\.1\.", "aspp.branches.4.conv."),
     (r"^classifier\.0\.convs\.4\.2\.", "aspp.branches.4.bn."),
@@ -28,27 +30,35 @@ def _map_key(key: str) -> str:
 
 
 def from_torchvision(tv_model: nn.Module) -> DeepLabV3:
-    """Convert torchvision's ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` (weights included).
+    """Convert torchvision's ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` / ``deeplabv3_mobilenet_v3_large``
+    (weights included).
 
-    torchvision fixes output stride 8 with rates (12, 24, 36), dilates the first unit of each dilated stage
-    at the previous rate, adds a 3x3 conv before the classifier and uses dropout 0.5 after the ASPP
-    projection, and resizes with ``align_corners=False``; the converted model keeps all of these (its conv
-    geometry is copied), so it gives the same outputs in eval mode. It takes RGB in [0, 255] like every
-    DeepLab here and normalises it as torchvision's transforms do. The auxiliary FCN head, if any, is dropped.
+    torchvision fixes the output stride (8 for ResNets, 16 for MobileNetV3) with rates (12, 24, 36), dilates
+    the first ResNet unit of each dilated stage at the previous rate, adds a 3x3 conv before the classifier and
+    uses dropout 0.5 after the ASPP projection, and resizes with ``align_corners=False``; the converted model
+    keeps all of these (its conv geometry is copied), so it gives the same outputs in eval mode. It takes RGB in
+    [0, 255] like every DeepLab here and normalises it as torchvision's transforms do. The auxiliary FCN head,
+    if any, is dropped.
     """
     body = tv_model.backbone
-    depth = {6: 50, 23: 101}.get(len(body.layer3))
-    if depth is None:
-        raise ValueError("from_torchvision expects torchvision's deeplabv3_resnet50 or deeplabv3_resnet101")
+    if hasattr(body, "layer3"):
+        depth = {6: 50, 23: 101}.get(len(body.layer3))
+        backbone, prefix = (ResNetBackbone(depth, output_stride=8) if depth else None), ""
+    else:  # MobileNetV3-Large's features, the last at stride 16
+        backbone = MobileNetV3LargeBackbone(output_stride=16) if len(body) == 17 else None
+        prefix = "features."
+    if backbone is None:
+        raise ValueError("from_torchvision expects torchvision's deeplabv3_resnet50, deeplabv3_resnet101 or "
+                         "deeplabv3_mobilenet_v3_large")
     aspp = tv_model.classifier[0]
     rates = tuple(branch[0].dilation[0] for branch in list(aspp.convs)[1:-1])
     num_classes = tv_model.classifier[-1].out_channels
-    model = DeepLabV3(ResNetBackbone(depth, output_stride=8), num_classes, atrous_rates=rates,
-                      aspp_dropout=aspp.project[-1].p, extra_conv=True, align_corners=False)
+    model = DeepLabV3(backbone, num_classes, atrous_rates=rates, aspp_dropout=aspp.project[-1].p,
+                      extra_conv=True, align_corners=False)
     source = dict(body.named_modules())
     for name, conv in model.backbone.named_modules():
         if isinstance(conv, nn.Conv2d):
-            ref = source[name]
+            ref = source[name.removeprefix(prefix)]
             conv.stride, conv.dilation, conv.padding = ref.stride, ref.dilation, ref.padding
     state = {_map_key(k): v for k, v in tv_model.state_dict().items() if not k.startswith("aux_classifier.")}
     model.load_state_dict(state, strict=True)

@@ -1,7 +1,19 @@
-"""Small building blocks shared by the DeepLab heads."""
+"""Small building blocks shared by the DeepLab heads, and the SyncBatchNorm conversion of whole networks."""
 from __future__ import annotations
 
+from timm.layers import convert_sync_batchnorm as _timm_convert_sync_batchnorm
 from torch import nn
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm synchronised across processes (V3 section 4.1: BN statistics over the
+    whole batch), the activation of timm's fused norm + activation layers kept.
+
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` turns timm's ``BatchNormAct2d`` (Xception-65's stem, most timm
+    encoders) into a plain ``SyncBatchNorm`` and silently drops its ReLU; timm's conversion keeps it (and
+    converts ``nn.BatchNorm2d`` exactly as PyTorch does). Outputs in eval mode are unchanged (tested).
+    """
+    return _timm_convert_sync_batchnorm(model)
 
 
 class ConvBNReLU(nn.Sequential):

@@ -7,7 +7,10 @@ from typing import Literal
 
 from torch import nn
 
+from .backbones.base import Backbone
+from .backbones.mobilenet import MobileNetV2Backbone, MobileNetV3LargeBackbone
 from .backbones.resnet import ResNetBackbone
+from .backbones.timm_encoder import TimmBackbone
 from .backbones.vgg import VGG16Backbone
 from .backbones.xception import Xception65Backbone
 from .deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Cascade, DeepLabV3Plus
@@ -43,12 +46,36 @@ def _vgg_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrai
     return cls(VGG16Backbone(pretrained=pretrained_backbone), num_classes, **head_kwargs)
 
 
-def _xception_deeplab(num_classes: int, output_stride: int | None, pretrained_backbone: bool,
-                      **head_kwargs) -> nn.Module:
-    # V3+ section 4.3: depthwise-separable ASPP and decoder convs with Xception ("sep" rows of table 5).
-    head_kwargs.setdefault("separable", True)
-    backbone = Xception65Backbone(output_stride=output_stride or 16, pretrained=pretrained_backbone)
-    return DeepLabV3Plus(backbone, num_classes, **head_kwargs)
+def build_backbone(name: str, output_stride: int, pretrained: bool, multi_grid: Sequence[int] | None = None
+                   ) -> Backbone:
+    """A backbone by name: ``resnet18`` / ``resnet50`` / ``resnet101`` (torchvision weights),
+    ``xception65`` (aligned Xception-65), ``mobilenetv2``, ``mobilenet_v3_large``, or ``timm/<model>``: any
+    timm encoder that dilates (:class:`TimmBackbone`)."""
+    if name.startswith("timm/"):
+        return TimmBackbone(name[len("timm/"):], output_stride=output_stride, pretrained=pretrained)
+    fixed = {"xception65": Xception65Backbone, "mobilenetv2": MobileNetV2Backbone,
+             "mobilenet_v3_large": MobileNetV3LargeBackbone}
+    if name in fixed:
+        return fixed[name](output_stride=output_stride, pretrained=pretrained)
+    if name.startswith("resnet") and name[len("resnet"):].isdigit():
+        return ResNetBackbone(int(name[len("resnet"):]), output_stride=output_stride, multi_grid=multi_grid,
+                              pretrained=pretrained)
+    raise ValueError(f"Unknown backbone {name!r}: resnet18, resnet50, resnet101, xception65, mobilenetv2, "
+                     f"mobilenet_v3_large or timm/<model name> (e.g. timm/convnext_tiny)")
+
+
+def _any_backbone_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrained_backbone: bool, *,
+                          backbone: str | None = None, multi_grid: Sequence[int] | None = None,
+                          **head_kwargs) -> nn.Module:
+    if backbone is None:
+        raise ValueError(f"Model {cls.__name__.lower()} needs a backbone: model_kwargs: {{backbone: "
+                         f"timm/convnext_tiny}} (or resnet50, xception65 ...)")
+    if backbone == "xception65":  # V3+ section 4.3: separable ASPP and decoder convs ("sep" rows of table 5)
+        head_kwargs.setdefault("separable", True)
+    if backbone == "mobilenetv2":  # the TF reference's MobileNetV2 models: ASPP of 1x1 conv + image pooling only
+        head_kwargs.setdefault("atrous_rates", ())
+    return cls(build_backbone(backbone, output_stride or 16, pretrained_backbone, multi_grid), num_classes,
+               **head_kwargs)
 
 
 # V1 and V2: output stride 8 (atrous VGG-16 / ResNet-101, V2 section 4.1).
@@ -63,15 +90,24 @@ for _depth in (18, 50, 101):
 for _depth in (50, 101):
     _REGISTRY[f"deeplabv3_cascade_resnet{_depth}"] = partial(_resnet_deeplab, DeepLabV3Cascade, _depth, 16,
                                                              (1, 2, 4))
-_REGISTRY["deeplabv3plus_xception65"] = _xception_deeplab
+_REGISTRY["deeplabv3plus_xception65"] = partial(_any_backbone_deeplab, DeepLabV3Plus, backbone="xception65")
+# Mobile backbones: the TF reference's DeepLabV3 MobileNetV2 and torchvision's DeepLabV3 MobileNetV3-Large.
+_REGISTRY["deeplabv3_mobilenetv2"] = partial(_any_backbone_deeplab, DeepLabV3, backbone="mobilenetv2")
+_REGISTRY["deeplabv3_mobilenet_v3_large"] = partial(_any_backbone_deeplab, DeepLabV3, backbone="mobilenet_v3_large")
+# V3 / V3+ on any backbone (model_kwargs.backbone), e.g. a timm encoder: deeplabv3plus + timm/convnext_tiny.
+ANY_BACKBONE: dict[str, Callable[..., nn.Module]] = {
+    "deeplabv3": partial(_any_backbone_deeplab, DeepLabV3),
+    "deeplabv3plus": partial(_any_backbone_deeplab, DeepLabV3Plus),
+}
 
 
 # The registry's names as a type: the command line lists them in --help and refuses others at parse time.
-ModelName = Literal[tuple(sorted(_REGISTRY))]  # type: ignore[valid-type]
+ModelName = Literal[tuple(sorted(_REGISTRY) + sorted(ANY_BACKBONE))]  # type: ignore[valid-type]
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
+    """The named variants (each builds without further arguments), sorted; :func:`create_model` also takes
+    the names of :data:`ANY_BACKBONE` with a ``backbone``."""
     return sorted(_REGISTRY)
 
 
@@ -86,8 +122,11 @@ def create_model(
     """Build a DeepLab variant by name; ``output_stride=None`` takes the paper's training value.
 
     Extra keyword arguments go to the backbone (``multi_grid``) or the head (``atrous_rates``,
-    ``aspp_channels``, ``image_pooling``, ``decoder_channels``, ...).
+    ``aspp_channels``, ``image_pooling``, ``decoder_channels``, ...). ``deeplabv3`` and ``deeplabv3plus`` take
+    any backbone by name (``backbone="timm/convnext_tiny"``, see :func:`build_backbone`).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}")
-    return _REGISTRY[name](num_classes, output_stride, pretrained_backbone, **kwargs)
+    builder = _REGISTRY.get(name) or ANY_BACKBONE.get(name)
+    if builder is None:
+        raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}; with any backbone "
+                         f"(backbone=...): {', '.join(ANY_BACKBONE)}")
+    return builder(num_classes, output_stride, pretrained_backbone, **kwargs)

@@ -1,0 +1,90 @@
+"""MobileNetV2 (as DeepLab's TF reference uses it) and MobileNetV3-Large (as torchvision's DeepLabV3 builds it),
+with atrous depthwise convolutions past the output stride."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .base import Backbone, FeatureInfo, check_output_stride, pretrained_weights
+
+
+def dilate_depthwise(features: nn.Sequential, output_stride: int) -> list[int]:
+    """Replace, in place, every stride that would take ``features`` past ``output_stride`` by dilation of the
+    depthwise convolutions from that block on (the first block of a dilated stage included, as torchvision's
+    ``dilated=True`` and the TF reference's MobileNets do). Returns each block's output stride."""
+    stride, rate, strides = 1, 1, []
+    for block in features:
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        for conv in convs:
+            if conv.stride != (1, 1):
+                if stride * conv.stride[0] > output_stride:
+                    rate *= conv.stride[0]
+                    conv.stride = (1, 1)
+                else:
+                    stride *= conv.stride[0]
+        for conv in convs:
+            if rate > 1 and conv.groups > 1 and conv.kernel_size[0] > 1:
+                conv.dilation = (rate, rate)
+                conv.padding = ((conv.kernel_size[0] - 1) // 2 * rate,) * 2
+        strides.append(stride)
+    return strides
+
+
+class MobileNetV2Backbone(Backbone):
+    """MobileNetV2 as the DeepLab TF reference's ``mobilenet_v2`` feature extractor (its model zoo's
+    ``mobilenetv2_coco_voc_trainaug``): torchvision's MobileNetV2 (the same network) up to the last inverted
+    residual block (TF's ``layer_18``, 320 channels; the final 1x1 conv to 1280 is not used), strides past
+    ``output_stride`` replaced by atrous depthwise convs. The decoder's low-level feature is TF's
+    ``layer_4/depthwise_output``: the depthwise output of the second stride-4 block, [N, 144, H/4, W/4].
+
+    Input [N, 3, H, W] -> [low-level [N, 144, H/4, W/4], output [N, 320, H/os, W/os]].
+    """
+
+    def __init__(self, *, output_stride: int = 16, pretrained: bool = False) -> None:
+        super().__init__()
+        self.output_stride = check_output_stride(output_stride)
+        weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V1
+        with pretrained_weights("MobileNetV2", url=weights.url):
+            net = tvm.mobilenet_v2(weights=weights if pretrained else None)
+        self.features = net.features[:18]
+        dilate_depthwise(self.features, output_stride)
+        tap = self.features[3].conv[1]  # depthwise conv + BN + ReLU6 of the block at index 3 (TF layer_4)
+        self.feature_info = [FeatureInfo("layer_4/depthwise_output", tap.out_channels, 4),
+                             FeatureInfo("layer_18", self.features[-1].out_channels, output_stride)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.features[:3](x)
+        block = self.features[3]  # stride 1, 24 -> 24 channels: a residual block
+        low_level = block.conv[:2](x)
+        x = x + block.conv[2:](low_level)
+        return [low_level, self.features[4:](x)]
+
+
+class MobileNetV3LargeBackbone(Backbone):
+    """MobileNetV3-Large as torchvision's ``deeplabv3_mobilenet_v3_large`` builds it (its ``features``, the
+    last 1x1 conv to 960 channels included), strides past ``output_stride`` replaced by atrous depthwise
+    convs: at output stride 16 the same geometry as torchvision's ``dilated=True``, so
+    :func:`~deeplab_lightning.models.from_torchvision` converts that model exactly. The decoder's low-level
+    feature is the last stride-4 block's output.
+
+    Input [N, 3, H, W] -> [low-level [N, 24, H/4, W/4], output [N, 960, H/os, W/os]].
+    """
+
+    def __init__(self, *, output_stride: int = 16, pretrained: bool = False) -> None:
+        super().__init__()
+        self.output_stride = check_output_stride(output_stride)
+        weights = tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1
+        with pretrained_weights("MobileNetV3-Large", url=weights.url):
+            net = tvm.mobilenet_v3_large(weights=weights if pretrained else None)
+        self.features = net.features
+        strides = dilate_depthwise(self.features, output_stride)
+        self.low_level_index = max(i for i, s in enumerate(strides) if s == 4)
+        self.feature_info = [FeatureInfo(f"features.{self.low_level_index}",
+                                         self.features[self.low_level_index].out_channels, 4),
+                             FeatureInfo(f"features.{len(self.features) - 1}", self.features[-1].out_channels,
+                                         output_stride)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        low_level = self.features[:self.low_level_index + 1](x)
+        return [low_level, self.features[self.low_level_index + 1:](low_level)]

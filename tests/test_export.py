@@ -1,0 +1,52 @@
+"""deeplab-lightning export: ONNX (checked under onnxruntime), TorchScript and torch.export programs with
+dynamic batch, height and width, taking uint8 RGB."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from deeplab_lightning import load
+from deeplab_lightning.cli import main as cli_main
+from deeplab_lightning.export import FORMATS, export_network, main as export_main
+from deeplab_lightning.models import create_model
+
+SIZES = [(1, 97, 75), (3, 64, 130)]  # batch, height, width: none of them the traced example's
+
+
+def images(batch, height, width):
+    return torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)
+
+
+def test_onnx_export_of_a_checkpoint_matches_pytorch_under_onnxruntime(tmp_path, toy_dir, toy_settings,
+                                                                       write_config, capsys):
+    cli_main(["fit", "--config", str(write_config(tmp_path / "run", toy_dir, toy_settings))])
+    ckpt = tmp_path / "run" / "ckpt" / "best.ckpt"
+    assert export_main(["--ckpt_path", str(ckpt), "--format", "onnx"]) == 0
+    onnx_path = ckpt.with_suffix(".onnx")
+    assert f"Wrote {onnx_path}" in capsys.readouterr().out
+    net = load(str(ckpt)).net
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for size in SIZES:
+        x = images(*size)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        (logits,) = session.run(None, {"images": x.numpy()})
+        assert logits.shape == expected.shape == (size[0], net.num_classes, size[1], size[2])
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    with pytest.raises(FileExistsError, match="--overwrite true"):
+        export_main(["--ckpt_path", str(ckpt), "--format", "onnx"])
+    before = onnx_path.stat().st_mtime_ns
+    assert export_main(["--ckpt_path", str(ckpt), "--format", "onnx", "--overwrite", "true"]) == 0
+    assert onnx_path.stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported_program"])
+def test_torchscript_and_exported_programs_take_any_size(tmp_path, fmt):
+    torch.manual_seed(0)
+    net = create_model("deeplabv3plus_resnet18", 3, aspp_channels=8, decoder_channels=8).eval()
+    path = export_network(net, tmp_path / f"net{FORMATS[fmt]}", fmt)
+    loaded = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    for size in SIZES:
+        x = images(*size)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), net(x), atol=1e-4, rtol=0)
