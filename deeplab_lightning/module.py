@@ -21,7 +21,7 @@ from .data.transforms import crop_pair
 from .evaluation import CRFSettings, EvaluationResults, Inference, smallest_eval_size
 from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
-from .models import ModelName, convert_sync_batchnorm, create_model
+from .models import ModelName, architectures_only, convert_sync_batchnorm, create_model
 from .run_info import run_info
 
 
@@ -86,6 +86,9 @@ class SegmentationModule(L.LightningModule):
         num_classes: number of classes (linked from the data module by the command line).
         output_stride: passed to :func:`create_model` when ``arch`` is a name (None: the paper's value).
         pretrained_backbone: load ImageNet weights into the backbone when ``arch`` is a name.
+        weights: ``"torchvision"``: start from torchvision's trained DeepLabV3 of that name (its architecture,
+            COCO-trained on the 21 VOC classes; ``deeplabv3_resnet50``, ``deeplabv3_resnet101``,
+            ``deeplabv3_mobilenet_v3_large``) instead of building the paper's network.
         model_kwargs: further keyword arguments for :func:`create_model`.
         lr: base learning rate (backbone group); the head group uses ``lr * head_lr_mult``.
         momentum, weight_decay: SGD settings.
@@ -138,6 +141,7 @@ class SegmentationModule(L.LightningModule):
         *,
         output_stride: int | None = None,
         pretrained_backbone: bool = False,
+        weights: Literal["torchvision"] | None = None,
         model_kwargs: dict[str, Any] | None = None,
         lr: float = 0.007,
         momentum: float = 0.9,
@@ -163,7 +167,8 @@ class SegmentationModule(L.LightningModule):
             self.net = arch
         else:
             self.net = create_model(arch, num_classes, output_stride=output_stride,
-                                    pretrained_backbone=pretrained_backbone, **(model_kwargs or {}))
+                                    pretrained_backbone=pretrained_backbone, weights=weights,
+                                    **(model_kwargs or {}))
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         if nonfinite_loss not in ("raise", "skip", "ignore"):
@@ -186,7 +191,8 @@ class SegmentationModule(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        default_names = getattr(self.net, "class_names", None) or [str(i) for i in range(num_classes)]
+        self.class_names = list(class_names) if class_names is not None else list(default_names)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.inference = Inference()  # how validation, test and predict run the network: configure_inference
@@ -460,14 +466,15 @@ class SegmentationModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
-        """The trained module of a checkpoint, in eval mode, without downloading anything (the backbone's
-        ImageNet weights are not fetched: the checkpoint holds every weight). Errors name the file."""
+        """The trained module of a checkpoint, in eval mode, without downloading anything (no pretrained
+        weights are fetched: the checkpoint holds every weight). Errors name the file."""
         from .checkpoint_io import AtomicCheckpointIO
 
         checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=False)
         accepted = inspect.signature(cls).parameters  # LightningCLI also saves its own keys (_instantiator)
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-        module = cls(**{**hparams, "pretrained_backbone": False, "compile": False})
+        with architectures_only():
+            module = cls(**{**hparams, "compile": False})
         module.load_state_dict(checkpoint["state_dict"])
         return module.to(map_location).eval()
 

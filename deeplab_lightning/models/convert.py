@@ -1,10 +1,16 @@
-"""Conversion of torchvision's DeepLabV3 models into this project's :class:`DeepLabV3`."""
+"""Conversion of torchvision's DeepLabV3 models into this project's :class:`DeepLabV3`, and their
+COCO-trained weights by name."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 
 from torch import nn
+from torchvision.models import segmentation as tv_segmentation
 
+from .backbones.base import pretrained_weights
 from .backbones.mobilenet import MobileNetV3LargeBackbone
 from .backbones.resnet import ResNetBackbone
 from .deeplab import DeepLabV3
@@ -62,4 +68,52 @@ def from_torchvision(tv_model: nn.Module) -> DeepLabV3:
             conv.stride, conv.dilation, conv.padding = ref.stride, ref.dilation, ref.padding
     state = {_map_key(k): v for k, v in tv_model.state_dict().items() if not k.startswith("aux_classifier.")}
     model.load_state_dict(state, strict=True)
+    return model
+
+
+# Registry name -> torchvision's builder and its weights trained on COCO's images of the 20 VOC classes.
+TORCHVISION_WEIGHTS = {
+    "deeplabv3_resnet50": (tv_segmentation.deeplabv3_resnet50,
+                           tv_segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1),
+    "deeplabv3_resnet101": (tv_segmentation.deeplabv3_resnet101,
+                            tv_segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1),
+    "deeplabv3_mobilenet_v3_large": (tv_segmentation.deeplabv3_mobilenet_v3_large,
+                                     tv_segmentation.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
+}
+_LOAD_WEIGHTS = contextvars.ContextVar("load_weights", default=True)
+
+
+@contextlib.contextmanager
+def architectures_only() -> Iterator[None]:
+    """Inside, :func:`~deeplab_lightning.models.create_model` builds networks without loading any pretrained
+    weights (ImageNet backbones, torchvision's trained models): for networks whose weights come from a
+    checkpoint next, so nothing is downloaded."""
+    token = _LOAD_WEIGHTS.set(False)
+    try:
+        yield
+    finally:
+        _LOAD_WEIGHTS.reset(token)
+
+
+def loading_weights() -> bool:
+    """False inside :func:`architectures_only`."""
+    return _LOAD_WEIGHTS.get()
+
+
+def torchvision_deeplab(name: str) -> DeepLabV3:
+    """torchvision's trained DeepLabV3 ``name`` (a key of :data:`TORCHVISION_WEIGHTS`) converted by
+    :func:`from_torchvision`: torchvision's architecture (output stride 8 for ResNets, 16 for MobileNetV3,
+    rates 12/24/36, a 3x3 conv before the classifier, ``align_corners=False``) with its weights trained on COCO
+    images of the 20 VOC classes + background, read from ``$TORCH_HOME/hub/checkpoints`` or downloaded.
+    ``model.class_names`` are torchvision's VOC names, ``model.transforms`` its preprocessing preset (resize
+    the shorter side to 520; the model normalises its uint8 input itself)."""
+    if name not in TORCHVISION_WEIGHTS:
+        raise ValueError(f"torchvision has trained weights for {', '.join(TORCHVISION_WEIGHTS)}, not {name!r}")
+    builder, weights = TORCHVISION_WEIGHTS[name]
+    with pretrained_weights(f"torchvision's {name} ({weights})", url=weights.url):
+        tv_model = builder(weights=weights if loading_weights() else None, weights_backbone=None,
+                           num_classes=len(weights.meta["categories"]))
+    model = from_torchvision(tv_model)
+    model.class_names = ["background", *weights.meta["categories"][1:]]
+    model.transforms = weights.transforms()
     return model

@@ -13,6 +13,7 @@ from .backbones.resnet import ResNetBackbone
 from .backbones.timm_encoder import TimmBackbone
 from .backbones.vgg import VGG16Backbone
 from .backbones.xception import Xception65Backbone
+from .convert import loading_weights, torchvision_deeplab
 from .deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Cascade, DeepLabV3Plus
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -117,6 +118,7 @@ def create_model(
     *,
     output_stride: int | None = None,
     pretrained_backbone: bool = False,
+    weights: Literal["torchvision"] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a DeepLab variant by name; ``output_stride=None`` takes the paper's training value.
@@ -124,9 +126,18 @@ def create_model(
     Extra keyword arguments go to the backbone (``multi_grid``) or the head (``atrous_rates``,
     ``aspp_channels``, ``image_pooling``, ``decoder_channels``, ...). ``deeplabv3`` and ``deeplabv3plus`` take
     any backbone by name (``backbone="timm/convnext_tiny"``, see :func:`build_backbone`).
+    ``weights="torchvision"`` gives torchvision's trained ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` /
+    ``deeplabv3_mobilenet_v3_large`` (its architecture, COCO-trained on the 21 VOC classes; see
+    :func:`~deeplab_lightning.models.convert.torchvision_deeplab`).
     """
+    if weights is not None:
+        if weights != "torchvision" or output_stride is not None or kwargs or num_classes != 21:
+            raise ValueError(f"weights={weights!r}: only weights='torchvision' with 21 classes and torchvision's "
+                             f"architecture (no output_stride or model arguments) is available, got "
+                             f"num_classes={num_classes}, output_stride={output_stride}, {kwargs or ''}")
+        return torchvision_deeplab(name)
     builder = _REGISTRY.get(name) or ANY_BACKBONE.get(name)
     if builder is None:
         raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}; with any backbone "
                          f"(backbone=...): {', '.join(ANY_BACKBONE)}")
-    return builder(num_classes, output_stride, pretrained_backbone, **kwargs)
+    return builder(num_classes, output_stride, pretrained_backbone and loading_weights(), **kwargs)
