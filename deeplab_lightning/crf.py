@@ -126,11 +126,12 @@ class PermutohedralLattice:
         return torch.where(codes[pos] == query, pos, codes.numel())
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
-        """values [N, C] -> filtered [N, C] (splat, blur along every lattice direction, slice)."""
-        lattice = self.splat @ values
+        """values [N, C] -> filtered [N, C] (splat, blur along every lattice direction, slice), in the values'
+        dtype (float32; float64 for gradient checks). Differentiable in ``values``."""
+        lattice = self.splat.to(values.dtype) @ values
         for blur in self.blur:
-            lattice = blur @ lattice
-        return self.slice @ lattice
+            lattice = blur.to(values.dtype) @ lattice
+        return self.slice.to(values.dtype) @ lattice
 
 
 def _pixel_features(image: torch.Tensor, xy_std: float, rgb_std: float | None) -> torch.Tensor:

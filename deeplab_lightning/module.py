@@ -18,10 +18,12 @@ from torch import nn
 from .data.dataset import image_tensor, pad_collate
 from .data.sampling import derive_seed
 from .data.transforms import crop_pair
+from .crf_rnn import TrainableDenseCRF, WithCRF
 from .evaluation import CRFSettings, EvaluationResults, Inference, smallest_eval_size
 from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
 from .models import ModelName, architectures_only, convert_sync_batchnorm, create_model
+from .models.convert import loading_weights
 from .run_info import run_info
 
 
@@ -29,17 +31,19 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
     """SGD parameter groups: backbone at ``lr``, everything else (the head) at ``lr * head_lr_mult``.
 
     DeepLab V1/V2 train the newly added layers at 10x the learning rate (V1 section 4.1). Weight decay applies
-    to conv/linear weights only, not to BatchNorm parameters and biases, as in the reference TensorFlow code.
+    to conv/linear weights only, not to BatchNorm parameters and biases, as in the reference TensorFlow code,
+    nor to a trainable CRF's kernel weights and compatibility (it would pull them towards no CRF).
     Each group carries a ``name``; schedulers scale each group's initial lr, so the ratio is kept.
     """
-    backbone = getattr(model, "backbone", None)
+    backbone, crf = getattr(model, "backbone", None), getattr(model, "crf", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    crf_ids = {id(p) for p in crf.parameters()} if isinstance(crf, nn.Module) else set()
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
         part = "backbone" if id(p) in backbone_ids else "head"
-        groups.setdefault((part, p.ndim > 1), []).append(p)
+        groups.setdefault((part, p.ndim > 1 and id(p) not in crf_ids), []).append(p)
     result = []
     for (part, decay), params in sorted(groups.items()):
         mult = 1.0 if part == "backbone" else head_lr_mult
@@ -90,6 +94,13 @@ class SegmentationModule(L.LightningModule):
             COCO-trained on the 21 VOC classes; ``deeplabv3_resnet50``, ``deeplabv3_resnet101``,
             ``deeplabv3_mobilenet_v3_large``) instead of building the paper's network.
         model_kwargs: further keyword arguments for :func:`create_model`.
+        crf_rnn: append a trainable dense CRF (CRF-as-RNN, :class:`~deeplab_lightning.crf_rnn.TrainableDenseCRF`)
+            to the network, trained end to end with it: a dict of :class:`~deeplab_lightning.evaluation.
+            CRFSettings` fields (iterations, initial kernel weights, kernel widths), ``{}`` for the defaults.
+            Not in the DeepLab papers (V1/V2 apply a fixed CRF after the network).
+        init_checkpoint: start from the network weights of this checkpoint (e.g. one trained without
+            ``crf_rnn``, to fine-tune the CRF after the network); unlike ``--ckpt_path`` no training state
+            (step, optimizer) is taken.
         lr: base learning rate (backbone group); the head group uses ``lr * head_lr_mult``.
         momentum, weight_decay: SGD settings.
         head_lr_mult: learning-rate multiplier of the head (10 in DeepLab V1/V2).
@@ -143,6 +154,8 @@ class SegmentationModule(L.LightningModule):
         pretrained_backbone: bool = False,
         weights: Literal["torchvision"] | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        crf_rnn: dict[str, Any] | None = None,
+        init_checkpoint: str | None = None,
         lr: float = 0.007,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -169,6 +182,10 @@ class SegmentationModule(L.LightningModule):
             self.net = create_model(arch, num_classes, output_stride=output_stride,
                                     pretrained_backbone=pretrained_backbone, weights=weights,
                                     **(model_kwargs or {}))
+        if crf_rnn is not None:
+            self.net = WithCRF(self.net, TrainableDenseCRF(num_classes, CRFSettings(**crf_rnn)))
+        if init_checkpoint is not None and loading_weights():
+            self._load_network_weights(init_checkpoint)
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         if nonfinite_loss not in ("raise", "skip", "ignore"):
@@ -215,6 +232,21 @@ class SegmentationModule(L.LightningModule):
                              "CPU); leave it unset (auto) or false")
         if use and not any(isinstance(m, nn.SyncBatchNorm) for m in self.net.modules()):
             self.net = convert_sync_batchnorm(self.net)
+
+    def _load_network_weights(self, path: str) -> None:
+        """The network weights of a checkpoint; those of a network without the trainable CRF go into the
+        network under it (the CRF keeps its initial parameters)."""
+        from .checkpoint_io import AtomicCheckpointIO
+
+        state = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=False)["state_dict"]
+        weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        has_crf = any(k.startswith("crf.") for k in weights)
+        target = self.net.net if isinstance(self.net, WithCRF) and not has_crf else self.net
+        try:
+            target.load_state_dict(weights)
+        except RuntimeError as err:
+            raise ValueError(f"model.init_checkpoint {path} holds another network than this config builds "
+                             f"(arch, num_classes, model_kwargs must match): {str(err).splitlines()[0]}") from err
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._raise_if_loss_was_nonfinite()

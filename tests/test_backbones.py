@@ -1,7 +1,9 @@
 """Backbones by name: any timm encoder that dilates, under V3 and V3+ (real strides measured)."""
 import pytest
 import torch
+import yaml
 
+from deeplab_lightning.cli import main
 from deeplab_lightning.models import create_model
 from deeplab_lightning.models.backbones.base import PretrainedWeightsUnavailable
 
@@ -56,3 +58,14 @@ def test_the_normalisation_comes_from_the_encoders_pretrained_config():
     assert model.backbone.input_mean == model.backbone.encoder.pretrained_cfg["mean"]
     x = torch.full((1, 3, 8, 8), 255.0) * torch.tensor(model.backbone.input_mean).view(1, 3, 1, 1)
     assert model.normalize(x).abs().max() < 1e-5  # the weights' mean pixel normalises to zero
+
+
+def test_a_timm_backbone_trains_from_the_command_line(tmp_path, toy_dir, toy_settings, write_config):
+    path = write_config(tmp_path / "run", toy_dir, toy_settings, max_steps=1)
+    config = yaml.safe_load(path.read_text())
+    config["model"].update(arch="deeplabv3plus", model_kwargs={"backbone": "timm/regnetx_002", "aspp_channels": 8,
+                                                               "decoder_channels": 8})
+    path.write_text(yaml.safe_dump(config))
+    cli = main(["fit", "--config", str(path)])
+    assert cli.trainer.global_step == 1 and type(cli.model.net.backbone).__name__ == "TimmBackbone"
+    assert (tmp_path / "run" / "ckpt" / "best.ckpt").is_file()
