@@ -64,3 +64,19 @@ def _write_config(tmp_path: Path, toy_dir: Path, toy_settings: dict, max_steps: 
 def write_config():
     """``write_config(folder, toy_dir, toy_settings, max_steps=2)`` -> path of a small CLI config."""
     return _write_config
+
+
+@pytest.fixture
+def torchvision_reference():
+    """``torchvision_reference(builder, num_classes)`` -> a seeded torchvision segmentation model in eval mode
+    with non-trivial BatchNorm statistics (so a conversion that mixes them up shows in the outputs)."""
+    def build(builder, num_classes: int) -> torch.nn.Module:
+        torch.manual_seed(0)
+        reference = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=True).eval()
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        return reference
+
+    return build

@@ -250,15 +250,10 @@ def test_network_normalises_rgb_input_for_its_backbone(name, mean, std):
 
 @pytest.mark.parametrize("builder", [tvm.segmentation.deeplabv3_resnet50, tvm.segmentation.deeplabv3_resnet101,
                                      tvm.segmentation.deeplabv3_mobilenet_v3_large])
-def test_from_torchvision_gives_the_same_outputs(builder):
+def test_from_torchvision_gives_the_same_outputs(builder, torchvision_reference):
     from deeplab_lightning.models import from_torchvision
 
-    torch.manual_seed(0)
-    reference = builder(weights=None, weights_backbone=None, num_classes=5, aux_loss=True).eval()
-    for m in reference.modules():  # non-trivial BN statistics
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    reference = torchvision_reference(builder, 5)
     model = from_torchvision(reference).eval()
     images = torch.randint(0, 256, (2, 3, 67, 81), dtype=torch.uint8)  # ours normalises its RGB input itself
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])

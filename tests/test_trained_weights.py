@@ -27,23 +27,24 @@ def torch_home(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def cache_seeded_weights(name: str, torch_home: Path) -> nn.Module:
-    """A seeded torchvision model of ``name``, its state dict saved where torchvision looks for the release."""
-    builder, weights = TORCHVISION_WEIGHTS[name]
-    torch.manual_seed(0)
-    reference = builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).eval()
-    for m in reference.modules():  # non-trivial BN statistics
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    folder = torch_home / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    torch.save(reference.state_dict(), folder / weights.url.rsplit("/", 1)[-1])
-    return reference
+@pytest.fixture
+def cache_seeded_weights(torchvision_reference):
+    """``cache_seeded_weights(name, torch_home)`` -> a seeded torchvision model of ``name``, its state dict
+    saved where torchvision looks for the release."""
+    def cache(name: str, torch_home: Path) -> nn.Module:
+        builder, weights = TORCHVISION_WEIGHTS[name]
+        reference = torchvision_reference(builder, 21)
+        folder = torch_home / "hub" / "checkpoints"
+        folder.mkdir(parents=True)
+        torch.save(reference.state_dict(), folder / weights.url.rsplit("/", 1)[-1])
+        return reference
+
+    return cache
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_WEIGHTS))
-def test_torchvision_weights_by_name_give_torchvisions_outputs_and_voc_names(name, torch_home):
+def test_torchvision_weights_by_name_give_torchvisions_outputs_and_voc_names(name, torch_home,
+                                                                              cache_seeded_weights):
     reference = cache_seeded_weights(name, torch_home)
     model = create_model(name, weights="torchvision").eval()
     images = torch.randint(0, 256, (2, 3, 67, 81), dtype=torch.uint8)
@@ -70,7 +71,8 @@ def test_weights_by_name_refuse_what_they_cannot_honour():
         create_model("deeplabv3plus_resnet101", weights="torchvision")
 
 
-def test_a_fine_tuned_torchvision_start_reloads_from_its_checkpoint_without_downloading(torch_home, tmp_path):
+def test_a_fine_tuned_torchvision_start_reloads_from_its_checkpoint_without_downloading(
+        torch_home, tmp_path, cache_seeded_weights):
     cache_seeded_weights("deeplabv3_mobilenet_v3_large", torch_home)
     module = SegmentationModule("deeplabv3_mobilenet_v3_large", 21, weights="torchvision")
     assert module.class_names[1] == "aeroplane"

@@ -31,6 +31,12 @@ def dilate_depthwise(features: nn.Sequential, output_stride: int) -> list[int]:
     return strides
 
 
+def _mobilenet_features(builder, weights, what: str, pretrained: bool) -> nn.Sequential:
+    """The ``features`` of torchvision's MobileNet ``builder``, with ImageNet ``weights`` when ``pretrained``."""
+    with pretrained_weights(what, url=weights.url):
+        return builder(weights=weights if pretrained else None).features
+
+
 class MobileNetV2Backbone(Backbone):
     """MobileNetV2 as the DeepLab TF reference's ``mobilenet_v2`` feature extractor (its model zoo's
     ``mobilenetv2_coco_voc_trainaug``): torchvision's MobileNetV2 (the same network) up to the last inverted
@@ -44,10 +50,8 @@ class MobileNetV2Backbone(Backbone):
     def __init__(self, *, output_stride: int = 16, pretrained: bool = False) -> None:
         super().__init__()
         self.output_stride = check_output_stride(output_stride)
-        weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V1
-        with pretrained_weights("MobileNetV2", url=weights.url):
-            net = tvm.mobilenet_v2(weights=weights if pretrained else None)
-        self.features = net.features[:18]
+        self.features = _mobilenet_features(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
+                                            "MobileNetV2", pretrained)[:18]
         dilate_depthwise(self.features, output_stride)
         tap = self.features[3].conv[1]  # depthwise conv + BN + ReLU6 of the block at index 3 (TF layer_4)
         self.feature_info = [FeatureInfo("layer_4/depthwise_output", tap.out_channels, 4),
@@ -74,10 +78,8 @@ class MobileNetV3LargeBackbone(Backbone):
     def __init__(self, *, output_stride: int = 16, pretrained: bool = False) -> None:
         super().__init__()
         self.output_stride = check_output_stride(output_stride)
-        weights = tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1
-        with pretrained_weights("MobileNetV3-Large", url=weights.url):
-            net = tvm.mobilenet_v3_large(weights=weights if pretrained else None)
-        self.features = net.features
+        self.features = _mobilenet_features(tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+                                            "MobileNetV3-Large", pretrained)
         strides = dilate_depthwise(self.features, output_stride)
         self.low_level_index = max(i for i, s in enumerate(strides) if s == 4)
         self.feature_info = [FeatureInfo(f"features.{self.low_level_index}",
