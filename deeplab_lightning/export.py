@@ -29,6 +29,10 @@ def export_network(net: nn.Module, path: str | Path, fmt: Format, *, overwrite: 
     """Write ``net`` (eval mode, on the CPU) to ``path`` in ``fmt`` with dynamic batch, height and width;
     refuses an existing ``path`` unless ``overwrite``."""
     path = Path(path)
+    if any(type(m).__name__ == "TrainableDenseCRF" for m in net.modules()):
+        raise ValueError("A network with the trainable CRF (model.crf_rnn) cannot be exported: its mean field "
+                         "builds a sparse lattice per image, which ONNX and torch.export cannot express. Export "
+                         "the network alone (a checkpoint trained without model.crf_rnn)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --output or pass --overwrite true")
     net = net.eval().cpu().to(memory_format=torch.contiguous_format)

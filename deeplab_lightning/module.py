@@ -15,10 +15,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import nn
 
+from .crf_rnn import TrainableDenseCRF, WithCRF
 from .data.dataset import image_tensor, pad_collate
 from .data.sampling import derive_seed
 from .data.transforms import crop_pair
-from .crf_rnn import TrainableDenseCRF, WithCRF
 from .evaluation import CRFSettings, EvaluationResults, Inference, smallest_eval_size
 from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics

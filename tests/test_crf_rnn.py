@@ -9,6 +9,7 @@ from deeplab_lightning.crf import dense_crf
 from deeplab_lightning.crf_rnn import TrainableDenseCRF, WithCRF
 from deeplab_lightning.data import ToyVOCDataModule
 from deeplab_lightning.evaluation import CRFSettings
+from deeplab_lightning.export import export_network
 from deeplab_lightning.module import SegmentationModule
 
 SETTINGS = CRFSettings(iterations=4, bi_w=4.0, bi_xy_std=8.0, bi_rgb_std=20.0, pos_w=3.0, pos_xy_std=1.0)
@@ -62,6 +63,8 @@ def test_fine_tuning_after_a_trained_network_trains_the_crf_and_reloads_without_
     trainer.fit(module, datamodule=dm)
     assert all(not torch.equal(b, p) for b, p in zip(before, module.net.crf.parameters()))
     assert torch.isfinite(trainer.callback_metrics["val/loss"])  # validation runs through the CRF too
+    with pytest.raises(ValueError, match="trainable CRF .* cannot be exported"):
+        export_network(module.net, tmp_path / "tuned.onnx", "onnx")
     tuned = tmp_path / "tuned.ckpt"
     trainer.save_checkpoint(tuned)
     plain.unlink()  # the init checkpoint is not needed any more: the tuned checkpoint holds every weight

@@ -101,72 +101,63 @@ class DeepLabV2(DeepLab):
         return self.aspp(features[-1])
 
 
-def _aspp(backbone: Backbone, channels: int, atrous_rates: Sequence[int] | None, image_pooling: bool,
-          separable: bool, dropout: float) -> ASPP:
-    """The V3 ASPP on the backbone's output; rates default to the paper's for its output stride."""
-    rates = tuple(atrous_rates) if atrous_rates is not None else default_atrous_rates(backbone.output_stride)
-    return ASPP(backbone.feature_info[-1].channels, channels, rates, image_pooling=image_pooling,
-                separable=separable, dropout=dropout)
+class _ASPPDeepLab(DeepLab):
+    """What V3 and V3+ share: a backbone and the V3 ASPP on its output (V3 section 3.3), whose rates default to
+    the paper's for the backbone's output stride (6/12/18 at 16, doubled at 8)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        *,
+        atrous_rates: Sequence[int] | None = None,
+        aspp_channels: int = 256,
+        image_pooling: bool = True,
+        separable: bool = False,
+        aspp_dropout: float = 0.1,
+        align_corners: bool = True,
+    ) -> None:
+        super().__init__(backbone, num_classes, align_corners=align_corners)
+        rates = tuple(atrous_rates) if atrous_rates is not None else default_atrous_rates(backbone.output_stride)
+        self.aspp_channels, self.separable = aspp_channels, separable
+        self.aspp = ASPP(backbone.feature_info[-1].channels, aspp_channels, rates, image_pooling=image_pooling,
+                         separable=separable, dropout=aspp_dropout)
 
 
-class DeepLabV3(DeepLab):
+class DeepLabV3(_ASPPDeepLab):
     """DeepLab V3 with parallel ASPP (V3 section 3.3): backbone -> ASPP (concat + 1x1 projection) ->
-    1x1 classifier, upsampled x ``output_stride``.
+    1x1 classifier, upsampled x ``output_stride``. ``aspp`` keyword arguments: ``atrous_rates``,
+    ``aspp_channels``, ``image_pooling``, ``separable``, ``aspp_dropout``, ``align_corners``.
 
     ``extra_conv`` adds a 3x3 conv + BN + ReLU before the classifier, as torchvision's DeepLabHead has (not in
     the paper; used by :func:`from_torchvision`, with ``align_corners=False``).
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        num_classes: int = 21,
-        *,
-        atrous_rates: Sequence[int] | None = None,
-        aspp_channels: int = 256,
-        image_pooling: bool = True,
-        separable: bool = False,
-        aspp_dropout: float = 0.1,
-        extra_conv: bool = False,
-        align_corners: bool = True,
-    ) -> None:
-        super().__init__(backbone, num_classes, align_corners=align_corners)
-        self.aspp = _aspp(backbone, aspp_channels, atrous_rates, image_pooling, separable, aspp_dropout)
+    def __init__(self, backbone: Backbone, num_classes: int = 21, *, extra_conv: bool = False, **aspp) -> None:
+        super().__init__(backbone, num_classes, **aspp)
+        c = self.aspp_channels
         layers: list[nn.Module] = []
         if extra_conv:
-            layers += [nn.Conv2d(aspp_channels, aspp_channels, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(aspp_channels), nn.ReLU(inplace=True)]
-        self.classifier = nn.Sequential(*layers, nn.Conv2d(aspp_channels, num_classes, 1))
+            layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        self.classifier = nn.Sequential(*layers, nn.Conv2d(c, num_classes, 1))
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.aspp(features[-1]))
 
 
-class DeepLabV3Plus(DeepLab):
+class DeepLabV3Plus(_ASPPDeepLab):
     """DeepLab V3+ (V3+ section 3.1): the V3 encoder (ASPP, no classifier) and a decoder that fuses the
-    stride-4 backbone features; logits at stride 4 are upsampled x4.
+    stride-4 backbone features; logits at stride 4 are upsampled x4. ``aspp`` keyword arguments as
+    :class:`DeepLabV3`'s; the decoder's are ``low_level_channels`` and ``decoder_channels``.
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        num_classes: int = 21,
-        *,
-        atrous_rates: Sequence[int] | None = None,
-        aspp_channels: int = 256,
-        image_pooling: bool = True,
-        separable: bool = False,
-        aspp_dropout: float = 0.1,
-        low_level_channels: int = 48,
-        decoder_channels: int = 256,
-        align_corners: bool = True,
-    ) -> None:
-        super().__init__(backbone, num_classes, align_corners=align_corners)
-        self.aspp = _aspp(backbone, aspp_channels, atrous_rates, image_pooling, separable, aspp_dropout)
+    def __init__(self, backbone: Backbone, num_classes: int = 21, *, low_level_channels: int = 48,
+                 decoder_channels: int = 256, **aspp) -> None:
+        super().__init__(backbone, num_classes, **aspp)
         self.low_level_index = backbone.feature_index(stride=4)
-        self.decoder = Decoder(aspp_channels, backbone.feature_info[self.low_level_index].channels, num_classes,
-                               low_level_channels=low_level_channels, channels=decoder_channels,
-                               separable=separable, align_corners=self.align_corners)
+        self.decoder = Decoder(self.aspp_channels, backbone.feature_info[self.low_level_index].channels,
+                               num_classes, low_level_channels=low_level_channels, channels=decoder_channels,
+                               separable=self.separable, align_corners=self.align_corners)
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(self.aspp(features[-1]), features[self.low_level_index])
