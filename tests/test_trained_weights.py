@@ -5,12 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from deeplab_lightning.cli import main
 from deeplab_lightning.models import create_model
 from deeplab_lightning.models.backbones.base import PretrainedWeightsUnavailable
 from deeplab_lightning.models.convert import TORCHVISION_WEIGHTS
 from deeplab_lightning.module import SegmentationModule
+
+from conftest import REPO
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -85,3 +89,14 @@ def test_a_fine_tuned_torchvision_start_reloads_from_its_checkpoint_without_down
     reloaded = SegmentationModule.from_checkpoint(path)
     for key, value in module.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_the_command_line_takes_weights_by_name(capsys):
+    config = str(REPO / "experiments" / "v3_r101_os16_mg124_voc_513_30k_bs16.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--model.weights", "torchvision", "--print_config"])
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["weights"] == "torchvision"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--model.weights", "coco"])
+    assert exit_info.value.code != 0 and "torchvision" in capsys.readouterr().err
