@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .crf_rnn import TrainableDenseCRF
+
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 Format = Literal["onnx", "torchscript", "exported_program"]
 
@@ -29,7 +31,7 @@ def export_network(net: nn.Module, path: str | Path, fmt: Format, *, overwrite: 
     """Write ``net`` (eval mode, on the CPU) to ``path`` in ``fmt`` with dynamic batch, height and width;
     refuses an existing ``path`` unless ``overwrite``."""
     path = Path(path)
-    if any(type(m).__name__ == "TrainableDenseCRF" for m in net.modules()):
+    if any(isinstance(m, TrainableDenseCRF) for m in net.modules()):
         raise ValueError("A network with the trainable CRF (model.crf_rnn) cannot be exported: its mean field "
                          "builds a sparse lattice per image, which ONNX and torch.export cannot express. Export "
                          "the network alone (a checkpoint trained without model.crf_rnn)")
