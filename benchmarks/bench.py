@@ -8,7 +8,8 @@ A train step is forward + cross-entropy + backward + SGD step (momentum 0.9). Mo
 (bf16 autocast + channels-last) and ``bf16_cl_compile`` (the same, network under ``torch.compile``). Peers:
 torchvision's ``deeplabv3_resnet101`` (output stride 8, as torchvision fixes it; ``ours_v3_r101_os8_tvhead``
 is ours with torchvision's extra 3x3 head conv, the same architecture) and, when installed,
-segmentation_models_pytorch's ``DeepLabV3Plus(resnet101)`` (output stride 16). Peak memory is CUDA's max
+segmentation_models_pytorch's ``DeepLabV3Plus(resnet101)`` (output stride 16; ``ours_as_smp_v3plus_r101_os16`` is
+its architecture built from this project's backbone and layers, see ``smp_layout.py``). Peak memory is CUDA's max
 allocated memory per train step (n/a on CPU).
 
 Further sections: fit throughput through Lightning (``SegmentationModule`` + ``Trainer``) vs a plain PyTorch
@@ -32,6 +33,7 @@ from torch import nn
 
 from deeplab_lightning.inference import predict_multiscale
 from deeplab_lightning.models import create_model
+from smp_layout import SmpLayoutV3Plus
 
 
 console = Console(width=150)  # wide enough that logs keep each table row on one line
@@ -66,6 +68,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "ours_v3_r101_os8_tvhead": lambda: create_model("deeplabv3_resnet101", 21, output_stride=8, extra_conv=True),
     "ours_v3plus_r101_os16": lambda: create_model("deeplabv3plus_resnet101", 21, output_stride=16),
     "smp_v3plus_r101_os16": _smp_v3plus,
+    "ours_as_smp_v3plus_r101_os16": SmpLayoutV3Plus,  # smp's architecture built from ours (smp_layout.py)
 }
 
 

@@ -36,3 +36,27 @@ def test_conv_probe_space_to_batch_computes_the_atrous_convolution():
         assert torch.equal(batch_to_space(space_to_batch(x, rate), rate), x)
         atrous = batch_to_space(F.conv2d(space_to_batch(x, rate), w, padding=1), rate)
         torch.testing.assert_close(atrous, F.conv2d(x, w, padding=rate, dilation=rate))
+
+
+def test_the_smp_layout_row_is_smp_s_architecture():
+    """``ours_as_smp_v3plus_r101_os16`` must be segmentation_models_pytorch's DeepLabV3Plus layer for layer:
+    with smp's weights copied in registration order, it computes smp's logits."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from smp_layout import SmpLayoutV3Plus
+
+    torch.manual_seed(0)
+    theirs, ours = smp.DeepLabV3Plus("resnet101", encoder_weights=None, classes=5).eval(), SmpLayoutV3Plus(5).eval()
+    source, target = theirs.state_dict(), ours.state_dict()
+    assert len(source) == len(target)
+    assert [v.shape for v in source.values()] == [v.shape for v in target.values()]
+    for module in theirs.modules():  # non-trivial BN statistics, so a misplaced BN would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1), module.running_var.uniform_(0.5, 1.5)
+    ours.load_state_dict(dict(zip(target, (v.clone() for v in theirs.state_dict().values()))))
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = theirs(images)
+        torch.testing.assert_close(ours(images), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
