@@ -4,7 +4,12 @@ flip in the data workers), for a fixed number of steps, images/s measured by the
 after its warm-up steps. Compare with ``benchmarks/bench.py``'s plain loop on in-memory batches (same call).
 
     python benchmarks/fit_protocol.py --steps 60 [--workers 14] [--json out.json]     # on a GPU
+    python benchmarks/fit_protocol.py --steps 60 --profile                              # + where the time goes
+    python benchmarks/fit_protocol.py --steps 60 -- --model.compile true                # + any fit argument
     python benchmarks/fit_protocol.py --cpu                                             # a smoke run
+
+``--profile`` adds Lightning's simple profiler: its table shows the time spent waiting for the data workers
+(``train_dataloader_next``) next to the training step, i.e. whether the data path or the loop limits the fit.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(14, os.cpu_count() or 1))
     parser.add_argument("--cpu", action="store_true", help="smoke run on the CPU with a small model and crop")
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--profile", action="store_true", help="Lightning's simple profiler (data wait vs step)")
+    parser.add_argument("fit_args", nargs="*", help="after --: further deeplab-lightning fit arguments")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     from deeplab_lightning.callbacks import Throughput
@@ -52,10 +59,18 @@ def main() -> None:
             cli_args += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.arch",
                          "deeplabv3plus_resnet18", "--data.init_args.crop_size", "64", "--data.init_args.batch_size",
                          "2"]
-        cli = cli_main(cli_args)
+        if args.profile:
+            cli_args += ["--trainer.profiler", "simple"]
+        cli = cli_main(cli_args + args.fit_args)
     throughput = next(c for c in cli.trainer.callbacks if isinstance(c, Throughput))
     result = {"argv": sys.argv, "steps": cli.trainer.global_step, "workers": args.workers,
               "img_per_s": throughput.img_per_s}
+    if args.profile:
+        recorded = cli.trainer.profiler.recorded_durations
+        result["profile_s"] = {name: sum(times) for name, times in recorded.items()}
+        wait, epoch = result["profile_s"]["[_TrainingEpochLoop].train_dataloader_next"], result["profile_s"][
+            "run_training_epoch"]
+        print(f"waiting for the data workers: {wait:.2f} s of {epoch:.2f} s of training ({wait / epoch:.0%})")
     print(f"deeplab-lightning fit, {PAPER_CONFIG}: {throughput.img_per_s:.1f} img/s over steps "
           f"{throughput.warmup_steps}-{cli.trainer.global_step} ({args.workers} workers)")
     if args.json:

@@ -60,3 +60,17 @@ def test_the_smp_layout_row_is_smp_s_architecture():
     with torch.no_grad():
         expected = theirs(images)
         torch.testing.assert_close(ours(images), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_fit_protocol_smoke_run_reports_throughput_and_the_data_wait(tmp_path):
+    """The GPU measurement of the real fit command must not rot between GPU sessions: its CPU smoke run
+    trains, passes extra fit arguments on, and splits the time into data wait and training."""
+    out = tmp_path / "fit.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "fit_protocol.py"), "--cpu", "--steps", "4", "--images", "8",
+           "--workers", "1", "--profile", "--json", str(out), "--", "--trainer.log_every_n_steps", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["steps"] == 4 and data["img_per_s"] > 0
+    assert 0 <= data["profile_s"]["[_TrainingEpochLoop].train_dataloader_next"] < data["profile_s"]["run_training_epoch"]
+    assert "waiting for the data workers" in result.stdout
