@@ -86,6 +86,7 @@ class PermutohedralLattice:
         codes, offsets = torch.unique(((flat - low) * place_t).sum(1), return_inverse=True)
         m = codes.numel()
         self.num_points = m
+        self._buffers: dict[tuple[torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         # Splat, blur and slice as sparse matrices (CSR; cuSPARSE on CUDA): splat [M, N] spreads each point
         # over its simplex's vertices with the barycentric weights; blur_j [M, M] = I + (shift_+ + shift_-)/2
@@ -128,10 +129,27 @@ class PermutohedralLattice:
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """values [N, C] -> filtered [N, C] (splat, blur along every lattice direction, slice), in the values'
         dtype (float32; float64 for gradient checks). Differentiable in ``values``."""
-        lattice = self.splat.to(values.dtype) @ values
-        for blur in self.blur:
-            lattice = blur.to(values.dtype) @ lattice
-        return self.slice.to(values.dtype) @ lattice
+        splat, slice_ = self.splat.to(values.dtype), self.slice.to(values.dtype)  # no copy when the same
+        blurs = [blur.to(values.dtype) for blur in self.blur]
+        if values.device.type != "cpu" or (torch.is_grad_enabled() and values.requires_grad):
+            lattice = splat @ values
+            for blur in blurs:
+                lattice = blur @ lattice
+            return slice_ @ lattice
+        # On the CPU without autograd the lattice products write into two buffers kept with the lattice: a
+        # fresh [M, C] result (tens of MB) is mapped from the OS page by page on every product, which took
+        # three quarters of the time (a product into a reused buffer is 6x faster on a 2-core CPU). CUDA's
+        # caching allocator reuses its memory anyway.
+        key = (values.dtype, values.shape[1])
+        if key not in self._buffers:
+            self._buffers[key] = (values.new_empty(self.num_points, values.shape[1]),
+                                  values.new_empty(self.num_points, values.shape[1]))
+        lattice, spare = self._buffers[key]
+        torch.addmm(lattice, splat, values, beta=0, out=lattice)
+        for blur in blurs:
+            torch.addmm(spare, blur, lattice, beta=0, out=spare)
+            lattice, spare = spare, lattice
+        return slice_ @ lattice
 
 
 def _pixel_features(image: torch.Tensor, xy_std: float, rgb_std: float | None) -> torch.Tensor:

@@ -32,6 +32,23 @@ def test_lattice_filter_is_proportional_to_the_exact_gaussian():
     assert ratio.std() / ratio.mean() < 0.15  # a constant factor (removed by normalisation), small local error
 
 
+def test_lattice_filter_without_autograd_reuses_its_buffers_but_not_its_results():
+    """Inference filters through buffers kept with the lattice; the results must equal the autograd path's
+    and stay valid when the same lattice filters other values (in another dtype or width) afterwards."""
+    torch.manual_seed(0)
+    lattice = PermutohedralLattice(torch.randn(500, 5) * 2)
+    v1, v2 = torch.rand(500, 3), torch.rand(500, 3)
+    with torch.no_grad():
+        first = lattice.filter(v1)
+        second = lattice.filter(v2)
+        lattice.filter(torch.rand(500, 7, dtype=torch.float64))
+    assert len(lattice._buffers) == 2  # one pair per (dtype, width), reused by the second call
+    reference = lattice.filter(v1.clone().requires_grad_())
+    assert reference.requires_grad
+    torch.testing.assert_close(first, reference.detach(), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(first, second)
+
+
 def test_matches_exact_dense_mean_field_on_a_tiny_image():
     rng = np.random.default_rng(0)
     image = np.zeros((14, 18, 3), np.uint8)
