@@ -59,7 +59,8 @@ class TrainableDenseCRF(nn.Module):
     def _mean_field(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         c, h, w = logits.shape
         # dense_crf's unary, -log(max(p, clip)), of p = softmax(logits): differentiable in the logits.
-        unary = -torch.log_softmax(logits, dim=0).clamp_min(math.log(CLIP)).reshape(c, -1).T  # [HW, C]
+        unary = -torch.log_softmax(logits, dim=0).clamp_min(math.log(CLIP)).reshape(c, -1)
+        unary = unary.T.contiguous()  # [HW, C], row-major as the lattice products want it
         kernels = [_NormalisedKernel(_pixel_features(image, xy, rgb)) for xy, rgb in self.kernel_widths]
         scores = -unary
         for _ in range(self.iterations):
