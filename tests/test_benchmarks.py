@@ -72,5 +72,6 @@ def test_fit_protocol_smoke_run_reports_throughput_and_the_data_wait(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["steps"] == 4 and data["img_per_s"] > 0
-    assert 0 <= data["profile_s"]["[_TrainingEpochLoop].train_dataloader_next"] < data["profile_s"]["run_training_epoch"]
+    profile = data["profile_s"]
+    assert 0 <= profile["[_TrainingEpochLoop].train_dataloader_next"] < profile["run_training_epoch"]
     assert "waiting for the data workers" in result.stdout
