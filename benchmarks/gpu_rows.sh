@@ -7,13 +7,13 @@
 #   3. the same-architecture peer row (ours_as_smp_v3plus_r101_os16 vs smp's DeepLabV3Plus) and the CRF time.
 # The device's python lacks jsonargparse and segmentation-models-pytorch: put their wheels in .whl/ (gitignored;
 # `pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client segmentation-models-pytorch`)
-# and carry it: run(command="bash benchmarks/gpu_rows.sh", carry=[".whl"]). Results go to $OUT (or
-# benchmarks/results/latest/): one JSON and one log per measurement.
+# and carry it: run(command="bash benchmarks/gpu_rows.sh", carry=[".whl"]). Results go to $OUT (or a new
+# benchmarks/results/gpu_rows_<date-time>/, so no earlier run is overwritten): one JSON and one log each.
 set -u
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD WANDB_MODE=disabled PYTHONUNBUFFERED=1
-out=${OUT:-benchmarks/results/latest}
+out=${OUT:-benchmarks/results/gpu_rows_$(date +%Y-%m-%d_%H%M%S)}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuDNN', torch.backends.cudnn.version())"

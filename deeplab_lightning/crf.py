@@ -203,7 +203,8 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, iterations: int = 10,
 def _mean_field(image: torch.Tensor, probs: torch.Tensor, iterations: int, bi_w: float, bi_xy_std: float,
                 bi_rgb_std: float, pos_w: float, pos_xy_std: float, clip: float) -> torch.Tensor:
     c, h, w = probs.shape
-    unary = -torch.log(probs.clamp_min(clip)).reshape(c, -1).T.contiguous()  # [N, C], row-major as the products want it
+    unary = -torch.log(probs.clamp_min(clip)).reshape(c, -1)
+    unary = unary.T.contiguous()  # [N, C], row-major as the lattice products want it
     kernels = [(pos_w, _NormalisedKernel(_pixel_features(image, pos_xy_std, None))),
                (bi_w, _NormalisedKernel(_pixel_features(image, bi_xy_std, bi_rgb_std)))]
     q = torch.softmax(-unary, dim=1)
