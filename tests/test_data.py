@@ -5,6 +5,7 @@ from PIL import Image
 
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule, VOCDataModule, generate_toy_voc, pad_collate
 from deeplab_lightning.data.dataset import SegmentationDataset, Sample, read_mask
+from deeplab_lightning.data.toy import render_toy_sample
 from deeplab_lightning.module import SegmentationModule
 
 
@@ -31,6 +32,24 @@ def test_toy_generation_is_deterministic_and_refuses_other_settings(tmp_path, to
     with pytest.raises(FileExistsError, match="other settings"):
         generate_toy_voc(tmp_path, **{**toy_settings, "num_train": 3})
     assert not list(tmp_path.glob("VOCdevkit.partial*"))
+
+
+def test_toy_colour_cue_draws_each_shape_class_in_its_hue_band():
+    """The quickstart's toy data: object pixels of class c have hues near 72 * (c - 1) degrees."""
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        image, mask = render_toy_sample(rng, (96, 112), colour_cue=True)
+        hsv = np.array(image.convert("HSV")).astype(float)
+        labels = np.array(mask)
+        for c in set(np.unique(labels).tolist()) - {0, 255}:
+            inside = (labels == c) & (hsv[..., 1] > 100)  # saturated object pixels (noise shifts grey hues)
+            if inside.sum() < 20:  # hidden behind other objects
+                continue
+            offset = np.angle(np.exp(1j * (hsv[..., 0][inside] / 255 * 2 * np.pi - (c - 1) * 2 * np.pi / 5)))
+            assert np.degrees(abs(np.median(offset))) < 30, c
+            seen.add(c)
+    assert seen == {1, 2, 3, 4, 5}
 
 
 def test_missing_voc_folder_names_the_expected_layout(tmp_path):

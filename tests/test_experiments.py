@@ -30,6 +30,7 @@ def test_experiment_fast_dev_run_on_toy_data(path, toy_dir, toy_settings, tmp_pa
                 "--trainer.precision=32-true",  # bf16 is for GPUs; a CPU without native bf16 emulates it, 20x slower
                 "--data=deeplab_lightning.data.ToyVOCDataModule", f"--data.data_dir={toy_dir}",
                 f"--data.size_range=[{toy_settings['size_range'][0]}, {toy_settings['size_range'][1]}]", *toy,
+                "--data.colour_cue=false",  # toy_dir's data (the quickstart configs draw the colour-cued set)
                 "--data.crop_size=65", "--data.batch_size=2", "--data.num_workers=0", "--data.train_split=train"])
     assert cli.trainer.global_step == 1
     assert "val/mIoU" in cli.trainer.callback_metrics

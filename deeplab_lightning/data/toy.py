@@ -3,10 +3,12 @@
 Objects of five shapes (disk, square, triangle, cross, star) in random colours, sizes and rotations, often
 overlapping, over textured backgrounds cluttered with lines and dots of the same colours: a class can only be
 told by its shape and context, not by a colour lookup. As in VOC, a thin band of void (255) marks object
-boundaries.
+boundaries. With ``colour_cue`` (the quickstart's data) each shape class has its own hue band, which a CPU
+learns in minutes instead of half an hour; the clutter keeps every hue, so context still matters.
 """
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import os
@@ -23,6 +25,7 @@ from .classes import flat_palette, voc_palette
 from .voc import VOCDataModule
 
 TOY_CLASSES = ("background", "disk", "square", "triangle", "cross", "star")
+TOY_SHAPES = TOY_CLASSES[1:]
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -44,6 +47,13 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 
 def _random_color(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, size=3))
+
+
+def _class_color(rng: np.random.Generator, cls: int) -> tuple[int, int, int]:
+    """A random colour in the hue band of shape class ``cls`` (1..5; bands 72 degrees apart, +-20 degrees)."""
+    hue = ((cls - 1) / len(TOY_SHAPES) + rng.uniform(-20, 20) / 360) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
+    return tuple(int(round(255 * v)) for v in rgb)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -79,8 +89,9 @@ def _boundary(labels: np.ndarray) -> np.ndarray:
 
 
 def render_toy_sample(rng: np.random.Generator, size_range: tuple[int, int] = (120, 160),
-                      max_objects: int = 3) -> tuple[Image.Image, Image.Image]:
-    """One RGB image and its palette label map (values in [0, 6) and 255)."""
+                      max_objects: int = 3, colour_cue: bool = False) -> tuple[Image.Image, Image.Image]:
+    """One RGB image and its palette label map (values in [0, 6) and 255). ``colour_cue``: each shape class is
+    drawn in its own hue band (backgrounds and clutter keep random colours)."""
     h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     image = Image.fromarray(_background(rng, h, w))
     labels = Image.new("L", (w, h), 0)
@@ -98,7 +109,7 @@ def render_toy_sample(rng: np.random.Generator, size_range: tuple[int, int] = (1
         cls = int(rng.integers(1, len(TOY_CLASSES)))
         r = rng.uniform(0.18, 0.35) * scale
         cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
-        color = _random_color(rng)
+        color = _class_color(rng, cls) if colour_cue else _random_color(rng)
         if TOY_CLASSES[cls] == "disk":
             box = [cx - r, cy - r, cx + r, cy + r]
             draw.ellipse(box, fill=color)
@@ -117,17 +128,19 @@ def render_toy_sample(rng: np.random.Generator, size_range: tuple[int, int] = (1
 
 
 def generate_toy_voc(data_dir: str | Path, *, num_train: int = 1000, num_val: int = 100,
-                     size_range: tuple[int, int] = (120, 160), seed: int = 0) -> Path:
+                     size_range: tuple[int, int] = (120, 160), seed: int = 0, colour_cue: bool = False) -> Path:
     """Write the toy dataset under ``data_dir/VOCdevkit/VOC2012`` unless it is already there.
 
     Writes into a temporary folder of this process renamed at the end, so an interrupted run never leaves a
     partial dataset and two processes generating at once both succeed (the second rename finds the first's
     dataset and discards its own copy). Returns the VOC2012 folder. Raises if ``data_dir`` holds another dataset
-    or a toy set with other settings.
+    or a toy set with other settings. ``colour_cue``: see :func:`render_toy_sample`.
     """
     data_dir = Path(data_dir)
     params = {"num_train": num_train, "num_val": num_val, "size_range": list(size_range), "seed": seed,
               "classes": list(TOY_CLASSES)}
+    if colour_cue:  # recorded only when set, so datasets written before the option still match
+        params["colour_cue"] = True
     final = data_dir / "VOCdevkit"
     stamp = final / "toy.json"
 
@@ -159,7 +172,7 @@ def generate_toy_voc(data_dir: str | Path, *, num_train: int = 1000, num_val: in
         task = progress.add_task(f"Writing toy VOC dataset to {data_dir}", total=num_train + num_val)
         for ids in splits.values():
             for sample_id in ids:
-                image, mask = render_toy_sample(rng, size_range)
+                image, mask = render_toy_sample(rng, size_range, colour_cue=colour_cue)
                 image.save(root / "JPEGImages" / f"{sample_id}.jpg", quality=90)
                 mask.save(root / "SegmentationClass" / f"{sample_id}.png")
                 progress.advance(task)
@@ -209,17 +222,19 @@ class ToyVOCDataModule(VOCDataModule):
         num_train, num_val: number of images per split.
         size_range: min and max image side (H and W drawn independently).
         seed: generator seed (the same seed writes the same files).
+        colour_cue: draw each shape class in its own hue band (the quickstart's easier task); by default
+            objects have random colours and only their shape tells the class.
         **kwargs: see :class:`SegmentationDataModule`.
     """
 
     class_names = TOY_CLASSES
 
     def __init__(self, data_dir: str = "data/toy_voc", *, num_train: int = 1000, num_val: int = 100,
-                 size_range: tuple[int, int] = (120, 160), seed: int = 0, train_split: str = "train",
-                 **kwargs) -> None:
+                 size_range: tuple[int, int] = (120, 160), seed: int = 0, colour_cue: bool = False,
+                 train_split: str = "train", **kwargs) -> None:
         super().__init__(data_dir, train_split=train_split, **kwargs)
         self.toy_settings = {"num_train": num_train, "num_val": num_val, "size_range": tuple(size_range),
-                             "seed": seed}
+                             "seed": seed, "colour_cue": colour_cue}
 
     def prepare_data(self) -> None:
         generate_toy_voc(self.data_dir, **self.toy_settings)
