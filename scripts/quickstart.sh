@@ -3,7 +3,7 @@
 # bf16 autocast only where the CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere it is emulated and,
 # measured on a 2-core AMD EPYC without AVX-512, 20x slower than fp32 (13.2 vs 0.68 s per training step). In
 # fp32 on that CPU channels-last is slower too (0.77 vs 0.71 s per quickstart step; benchmarks/README.md), so
-# it is kept for bf16.
+# it goes with bf16 (the YAML's defaults are fp32 without channels-last, right for every CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

@@ -34,3 +34,26 @@ def test_experiment_fast_dev_run_on_toy_data(path, toy_dir, toy_settings, tmp_pa
                 "--data.crop_size=65", "--data.batch_size=2", "--data.num_workers=0", "--data.train_split=train"])
     assert cli.trainer.global_step == 1
     assert "val/mIoU" in cli.trainer.callback_metrics
+
+
+def test_quickstart_script_picks_precision_and_layout_from_the_cpu(tmp_path):
+    """scripts/quickstart.sh: bf16 + channels-last only where /proc/cpuinfo lists native bf16, else fp32 without
+    channels-last (a stub venv records the command it would run)."""
+    import hashlib
+    import subprocess
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, body in (("python", "exit 1"), ("deeplab-lightning", f'echo "$@" > {tmp_path}/args')):  # no installs
+        (venv / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (venv / "bin" / name).chmod(0o755)
+    wanted = b"".join((REPO / f).read_bytes() for f in ("requirements.txt", "requirements-dev.txt", "setup.cfg"))
+    (venv / ".deeplab-installed").write_text(hashlib.sha256(wanted).hexdigest() + "\n")  # nothing to install
+    subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--trainer.max_steps", "5"], check=True,
+                   env={"PATH": "/usr/bin:/bin", "DEEPLAB_VENV": str(venv)}, capture_output=True)
+    args = (tmp_path / "args").read_text().split()
+    native = any(flag in open("/proc/cpuinfo").read().split() for flag in ("avx512_bf16", "amx_bf16"))
+    expected = ("bf16-mixed", "true") if native else ("32-true", "false")
+    assert args[args.index("--trainer.precision") + 1] == expected[0]
+    assert args[args.index("--model.channels_last") + 1] == expected[1]
+    assert args[-2:] == ["--trainer.max_steps", "5"] and "experiments/quickstart.yaml" in args
