@@ -1,4 +1,6 @@
 """Every experiment YAML parses and trains one step on the toy data (real model, small inputs)."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -52,7 +54,8 @@ def test_quickstart_script_picks_precision_and_layout_from_the_cpu(tmp_path):
     subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--trainer.max_steps", "5"], check=True,
                    env={"PATH": "/usr/bin:/bin", "DEEPLAB_VENV": str(venv)}, capture_output=True)
     args = (tmp_path / "args").read_text().split()
-    native = any(flag in open("/proc/cpuinfo").read().split() for flag in ("avx512_bf16", "amx_bf16"))
+    flags = Path("/proc/cpuinfo").read_text().split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
     expected = ("bf16-mixed", "true") if native else ("32-true", "false")
     assert args[args.index("--trainer.precision") + 1] == expected[0]
     assert args[args.index("--model.channels_last") + 1] == expected[1]

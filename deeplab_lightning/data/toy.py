@@ -25,7 +25,6 @@ from .classes import flat_palette, voc_palette
 from .voc import VOCDataModule
 
 TOY_CLASSES = ("background", "disk", "square", "triangle", "cross", "star")
-TOY_SHAPES = TOY_CLASSES[1:]
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -51,7 +50,7 @@ def _random_color(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def _class_color(rng: np.random.Generator, cls: int) -> tuple[int, int, int]:
     """A random colour in the hue band of shape class ``cls`` (1..5; bands 72 degrees apart, +-20 degrees)."""
-    hue = ((cls - 1) / len(TOY_SHAPES) + rng.uniform(-20, 20) / 360) % 1.0
+    hue = ((cls - 1) / (len(TOY_CLASSES) - 1) + rng.uniform(-20, 20) / 360) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
     return tuple(int(round(255 * v)) for v in rgb)
 
