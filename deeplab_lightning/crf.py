@@ -70,48 +70,62 @@ class PermutohedralLattice:
         bary[:, 0] += 1.0 + bary[:, d + 1]
         barycentric = bary[:, : d + 1]  # [N, d+1]
 
-        # The d+1 vertices of each simplex: key = rem0 + canonical[remainder, rank] (first d coordinates).
-        r = torch.arange(d + 1, device=dev)
-        canonical = torch.where(idx[None, :] <= d - r[:, None], r[:, None], r[:, None] - (d + 1))  # [d+1, d+1]
-        keys = rem0.long()[:, None, :d] + canonical[:, rank[:, :d]].permute(1, 0, 2)  # [N, d+1, d]
-
-        # Hash the keys: mixed-radix codes (range widened for the blur neighbours), sorted unique -> index.
-        flat = keys.reshape(-1, d)
-        low = flat.min(0).values - (d + 1)
-        radix = (flat.max(0).values + (d + 1) - low + 1).tolist()
+        # Each point's simplex has d+1 vertices; vertex r's key (first d coordinates, the last is implied) is
+        # rem0_k + r - (d+1) [rank_k > d - r] (Adams et al. 2010, p. 10). Keys are hashed to mixed-radix codes
+        # (range widened by the blur's reach), which are linear in the keys: code(r) = code(rem0) + r sum(place)
+        # - (d+1) * (the places of the coordinates of the r highest ranks).
+        rem0 = rem0.long()
+        key_low = rem0[:, :d].min(0).values - (2 * d + 1)
+        radix = (rem0[:, :d].max(0).values + (2 * d + 1) - key_low + 1).tolist()
         if math.prod(float(r) for r in radix) >= 2.0**62:
             raise ValueError("PermutohedralLattice: feature range too large to hash; rescale the features")
         place = [math.prod(radix[k + 1:]) for k in range(d)]
-        place_t = torch.tensor(place, device=dev, dtype=torch.long)
-        codes, offsets = torch.unique(((flat - low) * place_t).sum(1), return_inverse=True)
+        place_t = torch.tensor(place + [0], device=dev, dtype=torch.long)
+        by_rank = torch.zeros_like(rem0).scatter_(1, rank, place_t.expand(n, d + 1))  # place of rank j's coordinate
+        top_ranks = by_rank.flip(1).cumsum(1)[:, :d]  # [N, d]: places of the 1, 2, ... d highest ranks
+        base = ((rem0 - torch.cat([key_low, key_low.new_zeros(1)])) * place_t).sum(1, keepdim=True)
+        vertex_codes = base + idx * sum(place) - (d + 1) * torch.cat([top_ranks.new_zeros(n, 1), top_ranks], 1)
+
+        # Sorting the codes numbers the lattice points (in code order) and groups the (point, vertex) pairs of each
+        # lattice point, stably, i.e. by point: the splat matrix's rows in CSR order.
+        sorted_codes, perm = vertex_codes.reshape(-1).sort(stable=True)
+        first = torch.ones_like(sorted_codes, dtype=torch.bool)
+        first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+        codes = sorted_codes[first]
         m = codes.numel()
         self.num_points = m
         self._buffers: dict[tuple[torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        offsets = torch.empty_like(perm)
+        offsets[perm] = first.cumsum(0) - 1  # [N*(d+1)]: lattice point of each (point, vertex)
 
         # Splat, blur and slice as sparse matrices (CSR; cuSPARSE on CUDA): splat [M, N] spreads each point
         # over its simplex's vertices with the barycentric weights; blur_j [M, M] = I + (shift_+ + shift_-)/2
         # along lattice direction j (a missing neighbour contributes nothing); slice [N, M] = alpha * splat^T
         # with alpha = 1 / (1 + 2^-d), the reference implementation's constant.
+        crow = torch.cat([first.nonzero().squeeze(1), perm.new_tensor([perm.numel()])])
+        self.splat = _sparse_csr(crow, perm // (d + 1), barycentric.reshape(-1)[perm], (m, n))
         vertex_idx, order = offsets.view(n, d + 1).sort(dim=1)  # CSR wants sorted columns within each row
-        weights = barycentric.gather(1, order)
-        self.slice = self._csr(vertex_idx, weights / (1.0 + 2.0 ** (-d)), m)
-        by_vertex = vertex_idx.reshape(-1).argsort(stable=True)
-        counts = torch.bincount(vertex_idx.reshape(-1), minlength=m)
-        points_idx = torch.arange(n, device=dev).repeat_interleave(d + 1)
-        self.splat = _sparse_csr(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), points_idx[by_vertex],
-                                 weights.reshape(-1)[by_vertex], (m, n))
+        self.slice = self._csr(vertex_idx, barycentric.gather(1, order) / (1.0 + 2.0 ** (-d)), m)
         self.blur = []
-        # Neighbours along direction j: every coordinate -1 (resp. +1) except coordinate j, +d (resp. -d);
-        # the codes are linear in the coordinates, so neighbours' codes are shifts of the points' codes.
-        shift_all = sum(place)
+        # Neighbours along direction j: every coordinate -1 (resp. +1) except coordinate j, +d (resp. -d); the
+        # codes are linear in the coordinates, so neighbours' codes are shifts of the points' codes, and point
+        # i's neighbour at -shift has i as its neighbour at +shift. A missing neighbour becomes a zero entry on
+        # the diagonal, which keeps each row's columns sorted.
+        ids = torch.arange(m, device=dev)
         for axis in range(d + 1):
-            shift = shift_all - (d + 1) * place[axis] if axis < d else shift_all
-            n1, n2 = self._find(codes, codes - shift), self._find(codes, codes + shift)
-            cols = torch.stack([torch.arange(m, device=dev), n1, n2], dim=1)
-            vals = torch.tensor([1.0, 0.5, 0.5], device=dev, dtype=weights.dtype).expand(m, 3)
-            cols, order = cols.sort(dim=1)
-            vals = vals.gather(1, order).masked_fill(cols == m, 0.0)  # a missing neighbour contributes nothing
-            self.blur.append(self._csr(cols.clamp_max(m - 1), vals, m))
+            shift = sum(place) - (d + 1) * place[axis] if axis < d else sum(place)
+            query = codes - shift
+            pos = torch.searchsorted(codes, query).clamp_max(m - 1)
+            found = codes[pos] == query
+            minus = torch.where(found, pos, ids)
+            plus = ids.clone()
+            plus[pos[found]] = ids[found]
+            half = barycentric.new_tensor(0.5)
+            cols = torch.stack([minus, ids, plus], dim=1)
+            vals = torch.stack([half * found, half.expand(m) * 2, half * (plus != ids)], dim=1)
+            if shift < 0:  # the -shift neighbour has the larger code
+                cols, vals = cols.flip(1), vals.flip(1)
+            self.blur.append(self._csr(cols, vals, m))
 
     @staticmethod
     def _csr(cols: torch.Tensor, vals: torch.Tensor, num_cols: int) -> torch.Tensor:
@@ -119,12 +133,6 @@ class PermutohedralLattice:
         rows, per_row = cols.shape
         crow = torch.arange(0, rows * per_row + 1, per_row, device=cols.device)
         return _sparse_csr(crow, cols.reshape(-1), vals.reshape(-1), (rows, num_cols))
-
-    @staticmethod
-    def _find(codes: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Index of each query code in the sorted ``codes``, or ``len(codes)`` where it is absent."""
-        pos = torch.searchsorted(codes, query).clamp_max(codes.numel() - 1)
-        return torch.where(codes[pos] == query, pos, codes.numel())
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """values [N, C] -> filtered [N, C] (splat, blur along every lattice direction, slice), in the values'
