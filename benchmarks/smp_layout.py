@@ -5,7 +5,8 @@ smp's V3+ is not the paper's: its ASPP 3x3 branches are depthwise-separable **wi
 depthwise and the pointwise conv, at rates 12/24/36 at output stride 16 (the paper's are 6/12/18), the
 projection has dropout 0.5 and is followed by one more separable 3x3 conv; its decoder fuses with **one**
 separable 3x3 conv (the paper's has two 3x3 convs); the 1x1 classifier has a bias and both upsamplings are x4
-bilinear with ``align_corners=True``. ``tests/test_benchmarks.py`` loads smp's weights into this module in
+bilinear with ``align_corners=True``; its encoder dilates every 3x3 conv of layer4 at rate 2, the first unit's
+included. ``tests/test_benchmarks.py`` loads smp's weights into this module in
 registration order and checks equal outputs.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SmpLayoutV3Plus(nn.Module):
                  ) -> None:
         super().__init__()
         self.backbone = ResNetBackbone(101, output_stride=16)
+        self.backbone.layer4[0].conv2.dilation = self.backbone.layer4[0].conv2.padding = (2, 2)  # smp's rate
         self.low_level_index = self.backbone.feature_index(stride=4)
         encoder = self.backbone.feature_info[-1].channels
         low = self.backbone.feature_info[self.low_level_index].channels

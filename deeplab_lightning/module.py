@@ -24,19 +24,24 @@ from .inference import msc_max_fusion
 from .metrics import SegmentationMetrics
 from .models import ModelName, architectures_only, convert_sync_batchnorm, create_model
 from .models.convert import loading_weights
+from .models.heads.largefov import FCHead
 from .run_info import run_info
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
     """SGD parameter groups: backbone at ``lr``, everything else (the head) at ``lr * head_lr_mult``.
 
-    DeepLab V1/V2 train the newly added layers at 10x the learning rate (V1 section 4.1). Weight decay applies
+    DeepLab V1/V2 train the newly added classifier at 10x the learning rate (V1 section 4.1: 0.001, "0.01 for
+    the final classifier layer"); fc6/fc7 of their VGG heads, converted from VGG-16's ImageNet fc layers, train
+    at ``lr`` with the backbone (group ``backbone``), as in the released Caffe models. Weight decay applies
     to conv/linear weights only, not to BatchNorm parameters and biases, as in the reference TensorFlow code,
     nor to a trainable CRF's kernel weights and compatibility (it would pull them towards no CRF).
     Each group carries a ``name``; schedulers scale each group's initial lr, so the ratio is kept.
     """
     backbone, crf = getattr(model, "backbone", None), getattr(model, "crf", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    backbone_ids |= {id(p) for head in model.modules() if isinstance(head, FCHead)
+                     for p in (*head.fc6.parameters(), *head.fc7.parameters())}
     crf_ids = {id(p) for p in crf.parameters()} if isinstance(crf, nn.Module) else set()
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for p in model.parameters():

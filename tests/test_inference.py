@@ -59,6 +59,16 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model():
     assert len(shapes) == 3 * 5
 
 
+def test_logits_and_window_sums_stay_float32_under_bf16_autocast(model):
+    """bf16 scores tie close classes and argmax breaks ties towards class 0 (background): the upsampled logits
+    and the sliding window's sum must be float32 in mixed-precision evaluation."""
+    x = torch.randn(1, 3, 40, 72)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        windows = sliding_window(lambda crop: model(crop).bfloat16(), x, window=32, overlap=0.5)
+    assert logits.dtype == windows.dtype == torch.float32
+
+
 def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
     from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 

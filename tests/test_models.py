@@ -24,16 +24,44 @@ def test_resnet_measured_strides_match_feature_info(output_stride):
 
 
 def test_resnet_multi_grid_dilations():
-    # V3 section 3.2: OS16, multi_grid (1, 2, 4) -> block4 rates 2 * (1, 2, 4); OS8: block3 at 2, block4 at 4x.
+    # V3 section 3.2: block4 unit i at rate * multi_grid[i]; the unit that held the stride reads the previous
+    # stage's features, so its rate is the previous stage's (the module docstring's stated deviation).
     b16 = ResNetBackbone(50, output_stride=16, multi_grid=(1, 2, 4))
-    assert [dilations(block) for block in b16.layer4] == [[2], [4], [8]]
+    assert [dilations(block) for block in b16.layer4] == [[1], [4], [8]]
     assert set(dilations(b16.layer3)) == {1}
     b8 = ResNetBackbone(50, output_stride=8, multi_grid=(1, 2, 4))
-    assert [dilations(block) for block in b8.layer4] == [[4], [8], [16]]
-    assert set(dilations(b8.layer3)) == {2}
+    assert [dilations(block) for block in b8.layer4] == [[2], [8], [16]]
+    assert dilations(b8.layer3) == [1] + [2] * 5
+    assert b16.stage_rate() == 2 and b8.stage_rate() == 4 and b8.stage_rate("layer3") == 2
     assert all(conv.stride == (1, 1) for conv in b8.layer4.modules() if isinstance(conv, nn.Conv2d))
     with pytest.raises(ValueError, match="2 blocks"):
         ResNetBackbone(18, multi_grid=(1, 2, 4))
+
+
+def test_resnet_dilation_matches_torchvisions_replace_stride_with_dilation():
+    geometry = lambda net: [(n, c.stride, c.dilation, c.padding) for n, c in net.named_modules()  # noqa: E731
+                            if isinstance(c, nn.Conv2d) and n.startswith("layer")]
+    for output_stride, dilate in ((16, [False, False, True]), (8, [False, True, True])):
+        ours = ResNetBackbone(50, output_stride=output_stride)
+        assert geometry(ours) == geometry(tvm.resnet50(replace_stride_with_dilation=dilate))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet18", {}), ("resnet18", {"multi_grid": (1, 2)}), ("mobilenetv2", {}), ("xception65", {})], ids=str)
+def test_a_network_trained_at_one_output_stride_computes_the_same_at_a_denser_one(name, kwargs):
+    """V3 trains at OS16 and evaluates at OS8 (section 4.1), and starts from ImageNet weights (OS32): with the
+    same weights, the denser network's features subsampled must be the sparser network's, at every stride."""
+    from deeplab_lightning.models.registry import build_backbone
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 129, 97)
+    with torch.no_grad():
+        nets = {os_: build_backbone(name, os_, False, **kwargs).eval() for os_ in (32, 16, 8)}
+        for net in nets.values():
+            net.load_state_dict(nets[32].state_dict())
+        outputs = {os_: net(x)[-1] for os_, net in nets.items()}
+    for sparse, dense in ((32, 16), (16, 8)):
+        torch.testing.assert_close(outputs[dense][..., ::2, ::2], outputs[sparse], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("depth,builder", [(18, tvm.resnet18), (50, tvm.resnet50)])
@@ -189,8 +217,8 @@ def test_cascade_block_rates_follow_multi_grid():
 
 
 @pytest.mark.parametrize("output_stride,multi_grid,block4,cascade", [
-    (16, (1, 1, 1), [2, 2, 2], [[4, 4, 4], [8, 8, 8], [16, 16, 16]]),
-    (8, (1, 2, 1), [4, 8, 4], [[8, 16, 8], [16, 32, 16], [32, 64, 32]]),
+    (16, (1, 1, 1), [1, 2, 2], [[4, 4, 4], [8, 8, 8], [16, 16, 16]]),
+    (8, (1, 2, 1), [2, 8, 4], [[8, 16, 8], [16, 32, 16], [32, 64, 32]]),
 ])
 def test_cascade_takes_multi_grid_and_block4_rate_from_the_backbone(output_stride, multi_grid, block4, cascade):
     # V3 section 3.2: the multi-grid unit rates apply to block4 and to its cascaded copies block5-7.

@@ -23,6 +23,15 @@ def test_parameter_groups_split_backbone_head_and_decay():
     assert n_params == len(list(module.parameters()))
 
 
+@pytest.mark.parametrize("arch", ["deeplabv1_vgg16_largefov", "deeplabv2_vgg16"])
+def test_vgg_heads_train_fc6_fc7_at_the_base_lr_and_only_the_classifier_faster(arch):
+    # V1 section 4.1: lr 0.001, 0.01 for the final classifier layer (fc8); fc6/fc7 come from VGG's fc layers.
+    module = SegmentationModule(arch, num_classes=3, lr=0.001, head_lr_mult=10.0, model_kwargs={"channels": 8})
+    fast = {id(p) for g in module.configure_optimizers().param_groups if g["lr"] > 0.001 for p in g["params"]}
+    heads = [m for m in module.net.modules() if type(m).__name__ == "FCHead"]
+    assert heads and fast == {id(p) for head in heads for p in head[-1].parameters()}
+
+
 def test_module_without_backbone_gets_one_lr():
     groups = parameter_groups(torch.nn.Conv2d(3, 2, 1), lr=0.1, weight_decay=0.0, head_lr_mult=10.0)
     assert {g["lr"] for g in groups} == {1.0}

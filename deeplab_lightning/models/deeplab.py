@@ -59,7 +59,10 @@ class DeepLab(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects images of shape [N, 3, H, W], got {list(images.shape)}")
         logits = self.head(self.backbone(self.normalize(images)))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        # Upsampled in float32 also under bf16 autocast: bf16's 8 bits of mantissa would tie the scores of close
+        # classes on ~1 % of the pixels and argmax resolves ties to the lower class index (towards background).
+        return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear",
+                             align_corners=self.align_corners)
 
 
 class DeepLabV1(DeepLab):

@@ -9,13 +9,16 @@ from torchvision import models as tvm
 from .base import Backbone, FeatureInfo, check_output_stride, pretrained_weights
 
 
-def dilate_depthwise(features: nn.Sequential, output_stride: int) -> list[int]:
+def dilate_depthwise(features: nn.Sequential, output_stride: int, *, strided_block_keeps_rate: bool) -> list[int]:
     """Replace, in place, every stride that would take ``features`` past ``output_stride`` by dilation of the
-    depthwise convolutions from that block on (the first block of a dilated stage included, as torchvision's
-    ``dilated=True`` and the TF reference's MobileNets do). Returns each block's output stride."""
+    depthwise convolutions from that block on. ``strided_block_keeps_rate``: the block whose stride is removed
+    keeps the rate of the features it reads (the TF reference's ``mobilenet_base``: ``layer_rate = rate``
+    before ``rate *= stride``), so the network computes the same function at every output stride; otherwise
+    it takes the new rate (torchvision's ``dilated=True``). Returns each block's output stride."""
     stride, rate, strides = 1, 1, []
     for block in features:
         convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        input_rate = rate
         for conv in convs:
             if conv.stride != (1, 1):
                 if stride * conv.stride[0] > output_stride:
@@ -23,10 +26,11 @@ def dilate_depthwise(features: nn.Sequential, output_stride: int) -> list[int]:
                     conv.stride = (1, 1)
                 else:
                     stride *= conv.stride[0]
+        block_rate = input_rate if strided_block_keeps_rate else rate
         for conv in convs:
-            if rate > 1 and conv.groups > 1 and conv.kernel_size[0] > 1:
-                conv.dilation = (rate, rate)
-                conv.padding = ((conv.kernel_size[0] - 1) // 2 * rate,) * 2
+            if block_rate > 1 and conv.groups > 1 and conv.kernel_size[0] > 1:
+                conv.dilation = (block_rate, block_rate)
+                conv.padding = ((conv.kernel_size[0] - 1) // 2 * block_rate,) * 2
         strides.append(stride)
     return strides
 
@@ -52,7 +56,7 @@ class MobileNetV2Backbone(Backbone):
         self.output_stride = check_output_stride(output_stride)
         self.features = _mobilenet_features(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
                                             "MobileNetV2", pretrained)[:18]
-        dilate_depthwise(self.features, output_stride)
+        dilate_depthwise(self.features, output_stride, strided_block_keeps_rate=True)
         tap = self.features[3].conv[1]  # depthwise conv + BN + ReLU6 of the block at index 3 (TF layer_4)
         self.feature_info = [FeatureInfo("layer_4/depthwise_output", tap.out_channels, 4),
                              FeatureInfo("layer_18", self.features[-1].out_channels, output_stride)]
@@ -80,7 +84,7 @@ class MobileNetV3LargeBackbone(Backbone):
         self.output_stride = check_output_stride(output_stride)
         self.features = _mobilenet_features(tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
                                             "MobileNetV3-Large", pretrained)
-        strides = dilate_depthwise(self.features, output_stride)
+        strides = dilate_depthwise(self.features, output_stride, strided_block_keeps_rate=False)
         self.low_level_index = max(i for i, s in enumerate(strides) if s == 4)
         self.feature_info = [FeatureInfo(f"features.{self.low_level_index}",
                                          self.features[self.low_level_index].out_channels, 4),

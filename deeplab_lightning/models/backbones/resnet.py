@@ -1,10 +1,16 @@
 """ResNet-18/50/101 with atrous convolution and multi-grid (DeepLab V2 section 3.1, V3 section 3.2).
 
 The network is torchvision's ResNet, so its parameter names are torchvision's and its ImageNet weights load
-strictly (``fc.*`` aside). Strides after ``output_stride`` are replaced by dilation. Unlike torchvision's
-``replace_stride_with_dilation`` (whose first unit of a dilated stage keeps the previous rate), every unit of a
-dilated stage uses the stage rate, as in the V3 paper; in the last stage unit ``i`` uses
-``rate * multi_grid[i]`` (V3 section 3.2: OS16 with multi_grid (1, 2, 4) gives rates (2, 4, 8)).
+strictly (``fc.*`` aside). Strides after ``output_stride`` are replaced by dilation. In the first unit of a
+dilated stage the 3x3 conv that held the stride keeps the rate of the features it reads (the previous
+stage's), as the TF reference's ``stack_blocks_dense`` and torchvision's ``replace_stride_with_dilation`` do:
+the network then computes the same function at output stride 32, 16 and 8 (the denser output subsampled), so
+ImageNet weights, and a model trained at OS16 then evaluated at OS8 (V3 section 4.1), see the geometry they
+were trained with. Multi-grid (V3 section 3.2) multiplies the rates of layer4's unit ``i`` by
+``multi_grid[i]``. Deviation: the paper gives block4's rates at OS16 with (1, 2, 4) as 2 * (1, 2, 4) =
+(2, 4, 8) for TF-slim's ResNet, whose stride sits in the previous block's last unit; in torchvision's layout
+layer4's first unit holds the stride and reads stride-16 features, so the same rule gives (1, 4, 8) here
+((2, 8, 16) at OS8).
 """
 from __future__ import annotations
 
@@ -72,16 +78,18 @@ class ResNetBackbone(Backbone):
                 f"{n_last} blocks; give one unit rate per block"
             )
         self.multi_grid = multi_grid
-        for name, stride in zip(_STAGES, _STAGE_STRIDES):
-            rate = max(stride // output_stride, 1)
-            stage = getattr(self, name)
-            if rate > 1:
-                self._remove_stride(stage[0])
+        reads = 1  # the rate of the features the next 3x3 conv reads
+        for name in _STAGES:
+            rate, stage = self.stage_rate(name), getattr(self, name)
             unit = multi_grid if name == "layer4" else (1,) * len(stage)
-            dilations = tuple(rate * u for u in unit)
-            for block, d in zip(stage, dilations):
+            for block, u in zip(stage, unit):
                 for conv in _three_by_three_convs(block):
-                    conv.dilation, conv.padding = (d, d), (d, d)
+                    conv.dilation, conv.padding = (reads * u, reads * u), (reads * u, reads * u)
+                    if rate > 1 and conv.stride != (1, 1):
+                        conv.stride = (1, 1)
+                        reads = rate  # past the stride it replaces
+            if rate > 1:
+                self._remove_stride(stage[0])  # the shortcut's strided 1x1 conv
 
         expansion = 4 if depth >= 50 else 1
         self.feature_info = [
@@ -90,9 +98,8 @@ class ResNetBackbone(Backbone):
         ]
 
     def stage_rate(self, name: str = "layer4") -> int:
-        """Atrous rate of a stage before multi-grid (block4 at OS16: 2), read from its first unit's 3x3 conv."""
-        unit = self.multi_grid[0] if name == "layer4" else 1
-        return _three_by_three_convs(getattr(self, name)[0])[0].dilation[0] // unit
+        """Atrous rate of a stage past its first unit, before multi-grid (block4 at OS16: 2, at OS8: 4)."""
+        return max(_STAGE_STRIDES[_STAGES.index(name)] // self.output_stride, 1)
 
     @staticmethod
     def _remove_stride(block: nn.Module) -> None:
