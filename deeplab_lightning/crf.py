@@ -134,16 +134,17 @@ class PermutohedralLattice:
         crow = torch.arange(0, rows * per_row + 1, per_row, device=cols.device)
         return _sparse_csr(crow, cols.reshape(-1), vals.reshape(-1), (rows, num_cols))
 
-    def filter(self, values: torch.Tensor) -> torch.Tensor:
+    def filter(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """values [N, C] -> filtered [N, C] (splat, blur along every lattice direction, slice), in the values'
-        dtype (float32; float64 for gradient checks). Differentiable in ``values``."""
+        dtype (float32; float64 for gradient checks), written to ``out`` when given (which may be ``values``).
+        Differentiable in ``values`` (without ``out``)."""
         splat, slice_ = self.splat.to(values.dtype), self.slice.to(values.dtype)  # no copy when the same
         blurs = [blur.to(values.dtype) for blur in self.blur]
         if values.device.type != "cpu" or (torch.is_grad_enabled() and values.requires_grad):
             lattice = splat @ values
             for blur in blurs:
                 lattice = blur @ lattice
-            return slice_ @ lattice
+            return slice_ @ lattice if out is None else out.copy_(slice_ @ lattice)
         # On the CPU without autograd the lattice products write into two buffers kept with the lattice: a
         # fresh [M, C] result (tens of MB) is mapped from the OS page by page on every product, which took
         # three quarters of the time (a product into a reused buffer is 6x faster on a 2-core CPU). CUDA's
@@ -157,7 +158,7 @@ class PermutohedralLattice:
         for blur in blurs:
             torch.addmm(spare, blur, lattice, beta=0, out=spare)
             lattice, spare = spare, lattice
-        return slice_ @ lattice
+        return slice_ @ lattice if out is None else torch.addmm(out, slice_, lattice, beta=0, out=out)
 
 
 def _pixel_features(image: torch.Tensor, xy_std: float, rgb_std: float | None) -> torch.Tensor:
@@ -183,6 +184,11 @@ class _NormalisedKernel:
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         return self.lattice.filter(q * self.norm) * self.norm
 
+    def accumulate(self, q: torch.Tensor, weight: float, out: torch.Tensor, scratch: torch.Tensor) -> None:
+        """``out += weight * K~ q`` without autograd, through ``scratch`` [N, C]: no new [N, C] tensor."""
+        self.lattice.filter(torch.mul(q, self.norm, out=scratch), out=scratch)
+        out.addcmul_(scratch, self.norm, value=weight)
+
 
 def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, iterations: int = 10, bi_w: float = 4.0,
               bi_xy_std: float = 67.0, bi_rgb_std: float = 3.0, pos_w: float = 3.0, pos_xy_std: float = 1.0,
@@ -197,14 +203,15 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, iterations: int = 10,
         pos_w, pos_xy_std: weight and position std of the smoothness (Gaussian) kernel.
 
     Mean field with Potts compatibility: ``Q <- softmax(-U + sum_k w_k K~_k Q)``. Runs in float32, also
-    inside an autocast region (mixed-precision evaluation).
+    inside an autocast region (mixed-precision evaluation), without autograd (the trainable CRF is
+    :class:`~deeplab_lightning.crf_rnn.TrainableDenseCRF`).
     """
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
     c, h, w = probs.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"image is {tuple(image.shape[:2])} but probs are {(h, w)} (H, W)")
-    with torch.autocast(probs.device.type, enabled=False):
+    with torch.no_grad(), torch.autocast(probs.device.type, enabled=False):
         return _mean_field(image, probs.float(), iterations, bi_w, bi_xy_std, bi_rgb_std, pos_w, pos_xy_std, clip)
 
 
@@ -215,10 +222,14 @@ def _mean_field(image: torch.Tensor, probs: torch.Tensor, iterations: int, bi_w:
     unary = unary.T.contiguous()  # [N, C], row-major as the lattice products want it
     kernels = [(pos_w, _NormalisedKernel(_pixel_features(image, pos_xy_std, None))),
                (bi_w, _NormalisedKernel(_pixel_features(image, bi_xy_std, bi_rgb_std)))]
-    q = torch.softmax(-unary, dim=1)
+    # Four [N, C] tensors reused by every iteration: at Cityscapes size each is 160 MB, which the CPU
+    # allocator would otherwise map from the operating system afresh for every intermediate result.
+    q, scores, scratch = torch.softmax(-unary, dim=1), torch.empty_like(unary), torch.empty_like(unary)
     for _ in range(iterations):
-        message = sum(weight * kernel(q) for weight, kernel in kernels)
-        q = torch.softmax(-unary + message, dim=1)
+        torch.neg(unary, out=scores)
+        for weight, kernel in kernels:
+            kernel.accumulate(q, weight, scores, scratch)
+        torch.softmax(scores, dim=1, out=q)
     return q.T.reshape(c, h, w)
 
 

@@ -400,10 +400,13 @@ class SegmentationModule(L.LightningModule):
     def predict(self, image: str | Path | Image.Image | np.ndarray | torch.Tensor, *,
                 eval_size: int | tuple[int, int] | Literal["auto"] | None = "auto", **inference: Any) -> np.ndarray:
         """Class indices uint8 [H, W] of one RGB image (a path, PIL image, uint8 array [H, W, 3] or tensor
-        [3, H, W]; values 0-255) at its own size, as ``deeplab-lightning predict`` computes them.
+        [3, H, W]; values 0-255) at its own size.
 
         ``eval_size``: the canvas the image is padded to with the mean pixel (``"auto"``: the smallest 16k+1
-        holding it, as the data modules do; ``None``: the image's own size). ``inference``: changes to
+        holding it; ``None``: the image's own size). ``deeplab-lightning predict`` pads every image of a folder
+        to the canvas of the folder's largest height and width (its data module's ``eval_size``, e.g. 513 for
+        VOC, as the TF reference evaluates): pass that canvas to get its predictions exactly (the image
+        pooling of V3/V3+ averages over the padding too). ``inference``: changes to
         :class:`~deeplab_lightning.evaluation.Inference` for this call, e.g. ``scales=(0.75, 1.0, 1.25),
         flip=True`` or ``crf=CRFSettings()`` (``crf=True`` for DeepLab V2's parameters).
         """
@@ -478,17 +481,19 @@ class SegmentationModule(L.LightningModule):
         for name, iou in zip(self.class_names, results["iou"]):
             self.log(f"{stage}/iou/{name}", iou)
 
-    def on_validation_epoch_end(self) -> None:
-        self._raise_if_eval_was_nonfinite("validation")
-        self._log_epoch(self.val_metrics, "val")
+    def _end_evaluation(self, metrics: SegmentationMetrics, stage: str) -> None:
+        self._raise_if_eval_was_nonfinite("validation" if stage == "val" else stage)
+        self._log_epoch(metrics, stage)
         if self.inference.crf is not None:
-            self._log_epoch(self.unrefined_metrics["val"], "val/unrefined")
+            self._log_epoch(self.unrefined_metrics[stage], f"{stage}/unrefined")
+        else:  # an earlier evaluation's numbers before refinement are not this one's
+            self._results.pop(f"{stage}/unrefined", None)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_evaluation(self.val_metrics, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._raise_if_eval_was_nonfinite("test")
-        self._log_epoch(self.test_metrics, "test")
-        if self.inference.crf is not None:
-            self._log_epoch(self.unrefined_metrics["test"], "test/unrefined")
+        self._end_evaluation(self.test_metrics, "test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._raise_if_loss_was_nonfinite()  # never overwrite a good checkpoint with weights a NaN step broke

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -143,6 +144,9 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     assert cli.model.inference == Inference()  # both callbacks' changes undone after the stage
     out = capsys.readouterr().out
     assert "before refinement" in out and "mean IoU" in out
+    # A later test without the CRF has no "before refinement" numbers (not the previous test's).
+    L.Trainer(logger=False, enable_progress_bar=False).test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert cli.model.evaluation_results("test/unrefined") is None and cli.model.evaluation_results("test")
 
 
 def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_prediction(

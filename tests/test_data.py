@@ -164,6 +164,21 @@ def test_random_scale_resizes_masks_with_nearest_neighbour():
         RandomScale((2.0, 0.5))
 
 
+@pytest.mark.parametrize("scale", [0.55, 0.7, 1.3])
+def test_random_scale_keeps_labels_on_the_image_pixels(scale):
+    """A horizontal ramp as image and as labels (x): after scaling, each label must be, on average, the x of
+    the image pixel it sits on (torchvision's floor-rule mask resize was 0.35-0.85 source pixels off here)."""
+    from torchvision import tv_tensors
+
+    from deeplab_lightning.data.transforms import RandomScale
+
+    x = torch.arange(200, dtype=torch.uint8).expand(4, 200)
+    image = tv_tensors.Image(x.float().expand(3, 4, 200).contiguous())
+    image, mask = RandomScale((scale, scale))(image, tv_tensors.Mask(x))
+    offset = mask.float() - image[0]  # [h, w]; the border columns see the antialias filter's edge
+    assert abs(offset[:, 4:-4].mean().item()) <= 0.1
+
+
 def test_samplers_shard_without_repeats_and_depend_only_on_seed_and_epoch():
     from deeplab_lightning.data.sampling import EvalSampler, TrainSampler, per_process_batch
 

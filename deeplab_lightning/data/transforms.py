@@ -1,4 +1,4 @@
-"""Joint image/mask augmentation with torchvision.transforms.v2 (masks always resized with nearest)."""
+"""Joint image/mask augmentation with torchvision.transforms.v2 (masks resized with nearest-exact)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,7 +13,10 @@ from torchvision.transforms.v2 import functional as TF
 class RandomScale(v2.Transform):
     """Resize image and mask by one factor drawn uniformly from ``scale_range`` (DeepLab: 0.5 to 2.0).
 
-    Images are resized bilinearly (with antialiasing), masks with nearest neighbour (tv_tensors.Mask).
+    Images are resized bilinearly (with antialiasing), masks with the nearest source pixel centre
+    ("nearest-exact"), on the image's half-pixel grid. torchvision's own mask resize (``floor(x * scale)``)
+    would put the labels half a source pixel up and left of the image at scale 0.5; the TF reference keeps
+    image and labels aligned too (both with ``align_corners=True``).
     """
 
     def __init__(self, scale_range: Sequence[float] = (0.5, 2.0)) -> None:
@@ -32,6 +35,9 @@ class RandomScale(v2.Transform):
             return inpt
         h, w = inpt.shape[-2:]
         size = [max(1, round(h * params["scale"])), max(1, round(w * params["scale"]))]
+        if isinstance(inpt, tv_tensors.Mask):
+            labels = inpt.as_subclass(torch.Tensor)[None]  # resize_image wants [..., C, H, W]
+            return tv_tensors.wrap(TF.resize_image(labels, size, v2.InterpolationMode.NEAREST_EXACT)[0], like=inpt)
         return TF.resize(inpt, size, antialias=True)
 
 
