@@ -34,21 +34,24 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
     DeepLab V1/V2 train the newly added classifier at 10x the learning rate (V1 section 4.1: 0.001, "0.01 for
     the final classifier layer"); fc6/fc7 of their VGG heads, converted from VGG-16's ImageNet fc layers, train
     at ``lr`` with the backbone (group ``backbone``), as in the released Caffe models. Weight decay applies
-    to conv/linear weights only, not to BatchNorm parameters and biases, as in the reference TensorFlow code,
-    nor to a trainable CRF's kernel weights and compatibility (it would pull them towards no CRF).
+    to conv/linear weights only, not to BatchNorm parameters and biases, nor to depthwise conv weights
+    (``regularize_depthwise=False`` in the TF reference's Xception and MobileNet scopes), nor to a trainable
+    CRF's kernel weights and compatibility (it would pull them towards no CRF).
     Each group carries a ``name``; schedulers scale each group's initial lr, so the ratio is kept.
     """
     backbone, crf = getattr(model, "backbone", None), getattr(model, "crf", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
     backbone_ids |= {id(p) for head in model.modules() if isinstance(head, FCHead)
                      for p in (*head.fc6.parameters(), *head.fc7.parameters())}
-    crf_ids = {id(p) for p in crf.parameters()} if isinstance(crf, nn.Module) else set()
+    no_decay = {id(p) for p in crf.parameters()} if isinstance(crf, nn.Module) else set()
+    no_decay |= {id(m.weight) for m in model.modules()
+                 if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels}  # depthwise
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
         part = "backbone" if id(p) in backbone_ids else "head"
-        groups.setdefault((part, p.ndim > 1 and id(p) not in crf_ids), []).append(p)
+        groups.setdefault((part, p.ndim > 1 and id(p) not in no_decay), []).append(p)
     result = []
     for (part, decay), params in sorted(groups.items()):
         mult = 1.0 if part == "backbone" else head_lr_mult

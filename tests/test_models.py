@@ -38,6 +38,16 @@ def test_resnet_multi_grid_dilations():
         ResNetBackbone(18, multi_grid=(1, 2, 4))
 
 
+@pytest.mark.parametrize("name", ["deeplabv3_resnet18", "deeplabv3plus_resnet18", "deeplabv3_cascade_resnet50"])
+def test_v3_classifiers_start_as_the_tf_reference_does(name):
+    # get_branch_logits: truncated normal (two standard deviations), std 0.01, zero bias
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=21)
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 21][-1]
+    assert conv.weight.abs().max() <= 0.02 and 0.007 <= conv.weight.std() <= 0.01
+    assert not conv.bias.any()
+
+
 def test_resnet_dilation_matches_torchvisions_replace_stride_with_dilation():
     geometry = lambda net: [(n, c.stride, c.dilation, c.padding) for n, c in net.named_modules()  # noqa: E731
                             if isinstance(c, nn.Conv2d) and n.startswith("layer")]

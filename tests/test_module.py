@@ -32,6 +32,17 @@ def test_vgg_heads_train_fc6_fc7_at_the_base_lr_and_only_the_classifier_faster(a
     assert heads and fast == {id(p) for head in heads for p in head[-1].parameters()}
 
 
+def test_depthwise_weights_are_not_decayed():
+    # TF reference: regularize_depthwise=False (Xception-65, MobileNet); pointwise weights are decayed.
+    module = tiny_module(weight_decay=1e-4, model_kwargs={"aspp_channels": 16, "decoder_channels": 16,
+                                                          "low_level_channels": 8, "separable": True})
+    decay = {id(p) for g in module.configure_optimizers().param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    convs = [m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    depthwise = [m.weight for m in convs if m.groups > 1 and m.groups == m.in_channels]
+    assert depthwise and not decay & {id(w) for w in depthwise}
+    assert {id(m.weight) for m in convs if m.groups == 1} <= decay
+
+
 def test_module_without_backbone_gets_one_lr():
     groups = parameter_groups(torch.nn.Conv2d(3, 2, 1), lr=0.1, weight_decay=0.0, head_lr_mult=10.0)
     assert {g["lr"] for g in groups} == {1.0}

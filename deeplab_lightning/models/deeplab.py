@@ -13,6 +13,7 @@ from .heads.aspp import ASPP, ASPPL, default_atrous_rates
 from .heads.cascade import CascadeBlocks
 from .heads.decoder import Decoder
 from .heads.largefov import FCHead
+from .layers import logits_conv
 
 
 class DeepLab(nn.Module):
@@ -142,7 +143,7 @@ class DeepLabV3(_ASPPDeepLab):
         layers: list[nn.Module] = []
         if extra_conv:
             layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        self.classifier = nn.Sequential(*layers, nn.Conv2d(c, num_classes, 1))
+        self.classifier = nn.Sequential(*layers, logits_conv(c, num_classes))
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.aspp(features[-1]))
@@ -178,7 +179,7 @@ class DeepLabV3Cascade(DeepLab):
         channels = backbone.feature_info[-1].channels
         self.cascade = CascadeBlocks(channels, block4_rate=backbone.stage_rate("layer4"), num_blocks=num_blocks,
                                      multi_grid=backbone.multi_grid)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = logits_conv(channels, num_classes)
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.cascade(features[-1]))

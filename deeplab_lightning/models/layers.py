@@ -16,6 +16,15 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return _timm_convert_sync_batchnorm(model)
 
 
+def logits_conv(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """The 1x1 classifier of V3/V3+ with the TF reference's initialisation (``get_branch_logits``: truncated
+    normal, std 0.01; zero bias): [N, in_channels, H, W] -> [N, num_classes, H, W]."""
+    conv = nn.Conv2d(in_channels, num_classes, 1)
+    nn.init.trunc_normal_(conv.weight, std=0.01, a=-0.02, b=0.02)  # TF truncates at two standard deviations
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class ConvBNReLU(nn.Sequential):
     """Conv (no bias) + BatchNorm + ReLU; optionally depthwise-separable.
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBNReLU
+from ..layers import ConvBNReLU, logits_conv
 
 
 class Decoder(nn.Module):
@@ -35,7 +35,7 @@ class Decoder(nn.Module):
             ConvBNReLU(encoder_channels + low_level_channels, channels, 3, separable=separable),
             ConvBNReLU(channels, channels, 3, separable=separable),
         )
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = logits_conv(channels, num_classes)
 
     def forward(self, encoder: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low_level = self.reduce(low_level)
