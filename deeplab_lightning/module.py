@@ -126,6 +126,9 @@ class SegmentationModule(L.LightningModule):
             Parameters are unchanged, so a checkpoint evaluates with or without it.
         bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
             None keeps PyTorch's 0.1.
+        freeze_bn: keep every BatchNorm's statistics and affine parameters as loaded (ImageNet's), as DeepLab
+            V2's released Caffe models train ResNet-101 (``use_global_stats``, ``lr_mult: 0``) with batches of
+            10 that could not estimate them; V3 (section 4.1) trains BN with batch 16 instead.
         nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop before the next step, checkpoint
             or validation, naming the step and the batch's sample ids; no host sync in the step), ``skip``
             (warn and skip that optimizer step; the step waits for the loss on the host) or ``ignore``.
@@ -175,6 +178,7 @@ class SegmentationModule(L.LightningModule):
         fused_optimizer: bool | None = None,
         msc_scales: Sequence[float] | None = None,
         bn_momentum: float | None = None,
+        freeze_bn: bool = False,
         nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
         max_skipped_share: float = 0.01,
         sync_batchnorm: bool | None = None,
@@ -199,10 +203,12 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         if nonfinite_loss not in ("raise", "skip", "ignore"):
             raise ValueError(f"nonfinite_loss must be 'raise', 'skip' or 'ignore', got {nonfinite_loss!r}")
-        if bn_momentum is not None:
-            for m in self.net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.momentum = bn_momentum
+        self.freeze_bn = freeze_bn
+        for m in self._batch_norms():
+            if bn_momentum is not None:
+                m.momentum = bn_momentum
+            if freeze_bn:
+                m.requires_grad_(False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         if compile:
@@ -314,6 +320,16 @@ class SegmentationModule(L.LightningModule):
             return per_pixel.sum() / valid.sum().clamp_min(1)
         pixel_weights = weights[mask.clamp(0, len(weights) - 1)] * valid
         return per_pixel.sum() / pixel_weights.sum().clamp_min(1e-12)
+
+    def _batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        if getattr(self, "freeze_bn", False):  # BatchNorm normalises with its stored statistics in training too
+            for m in self._batch_norms():
+                m.eval()
+        return self
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images = self.fill_padding(batch)

@@ -43,6 +43,17 @@ def test_depthwise_weights_are_not_decayed():
     assert {id(m.weight) for m in convs if m.groups == 1} <= decay
 
 
+def test_freeze_bn_keeps_batchnorm_statistics_and_parameters_out_of_training():
+    module = tiny_module(freeze_bn=True, bn_momentum=0.5).train()
+    norms = [m for m in module.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    module.net(torch.randint(0, 256, (2, 3, 33, 33), dtype=torch.uint8)).sum().backward()
+    assert not any(m.training for m in norms) and module.net.training
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+    trained = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert not trained & {id(p) for m in norms for p in m.parameters()} and trained
+
+
 def test_module_without_backbone_gets_one_lr():
     groups = parameter_groups(torch.nn.Conv2d(3, 2, 1), lr=0.1, weight_decay=0.0, head_lr_mult=10.0)
     assert {g["lr"] for g in groups} == {1.0}
