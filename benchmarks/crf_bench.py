@@ -5,8 +5,8 @@
 
 DeepLab V2's parameters, 10 iterations. The image is a textured gradient with noise and the probabilities a
 noisy upsampled random map, so the CRF changes a fair share of the pixels; the agreement column is the share
-of pixels whose label matches pydensecrf2's; the build column is the part of our time spent building the two
-kernels' permutohedral lattices (the rest is the mean-field iterations).
+of pixels whose label matches pydensecrf2's; the build column is the part of our time spent setting up the two
+kernels (features, permutohedral lattice, normalisation); the rest is the mean-field iterations.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -126,7 +127,7 @@ class SegmentationModule(L.LightningModule):
             Parameters are unchanged, so a checkpoint evaluates with or without it.
         bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
             None keeps PyTorch's 0.1.
-        freeze_bn: keep every BatchNorm's statistics and affine parameters as loaded (ImageNet's), as DeepLab
+        freeze_bn: keep the backbone's BatchNorm statistics and affine parameters as loaded (ImageNet's), as DeepLab
             V2's released Caffe models train ResNet-101 (``use_global_stats``, ``lr_mult: 0``) with batches of
             10 that could not estimate them; V3 (section 4.1) trains BN with batch 16 instead.
         nonfinite_loss: what a NaN or Inf training loss does: ``raise`` (stop before the next step, checkpoint
@@ -203,12 +204,21 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         if nonfinite_loss not in ("raise", "skip", "ignore"):
             raise ValueError(f"nonfinite_loss must be 'raise', 'skip' or 'ignore', got {nonfinite_loss!r}")
+        loads_weights = pretrained_backbone or weights is not None or init_checkpoint is not None
+        if freeze_bn and not (loads_weights or isinstance(arch, nn.Module)):
+            raise ValueError("model.freeze_bn keeps the backbone's BatchNorm statistics as loaded, but this config "
+                             "loads no weights (model.pretrained_backbone false, no model.weights or "
+                             "model.init_checkpoint): the initial statistics would let the activations diverge. "
+                             "Set model.freeze_bn false, or load pretrained weights")
         self.freeze_bn = freeze_bn
-        for m in self._batch_norms():
-            if bn_momentum is not None:
+        for m in self.net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and bn_momentum is not None:
                 m.momentum = bn_momentum
-            if freeze_bn:
-                m.requires_grad_(False)
+        for m in self._frozen_batch_norms():
+            m.requires_grad_(False)
+            m.eval()  # Lightning's loops restore each module's own mode flag, so eval here is kept in training
+        if freeze_bn:  # Lightning's notice about those eval-mode modules: they are meant to be
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         if compile:
@@ -321,14 +331,17 @@ class SegmentationModule(L.LightningModule):
         pixel_weights = weights[mask.clamp(0, len(weights) - 1)] * valid
         return per_pixel.sum() / pixel_weights.sum().clamp_min(1e-12)
 
-    def _batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
-        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    def _frozen_batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        """The backbone's BatchNorms when ``freeze_bn`` (the heads' new BatchNorms train), else none."""
+        if not getattr(self, "freeze_bn", False):
+            return []
+        backbone = getattr(self.net, "backbone", self.net)
+        return [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)
-        if getattr(self, "freeze_bn", False):  # BatchNorm normalises with its stored statistics in training too
-            for m in self._batch_norms():
-                m.eval()
+        for m in self._frozen_batch_norms():  # they normalise with their stored statistics in training too
+            m.eval()
         return self
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

@@ -30,6 +30,24 @@ def toy_settings() -> dict:
 
 
 TINY_TOY = {"num_train": 16, "num_val": 6, "size_range": (64, 80), "seed": 1}
+TINY_ARCH, TINY_KWARGS = "deeplabv3plus_resnet18", {"aspp_channels": 16, "decoder_channels": 16}
+
+
+@pytest.fixture(scope="session")
+def diverse_start(tmp_path_factory) -> str:
+    """A checkpoint of the tiny config's network (``model.init_checkpoint``) whose classifier weights have std 1:
+    untrained, it predicts every toy class, where TF's initialisation (std 0.01) predicts background everywhere
+    after a few steps. For tests that need predictions multi-scale inference or the CRF can change."""
+    from deeplab_lightning.data import TOY_CLASSES
+    from deeplab_lightning.module import SegmentationModule
+
+    torch.manual_seed(0)
+    module = SegmentationModule(TINY_ARCH, num_classes=len(TOY_CLASSES), model_kwargs=dict(TINY_KWARGS))
+    with torch.no_grad():
+        module.net.decoder.classifier.weight.normal_(std=1.0)
+    path = tmp_path_factory.mktemp("diverse") / "start.ckpt"
+    torch.save({"state_dict": module.state_dict()}, path)
+    return str(path)
 
 
 def _write_config(tmp_path: Path, toy_dir: Path, toy_settings: dict, max_steps: int = 2) -> Path:
@@ -49,8 +67,7 @@ def _write_config(tmp_path: Path, toy_dir: Path, toy_settings: dict, max_steps: 
                                "mode": "max", "save_last": True}},
             ],
         },
-        "model": {"arch": "deeplabv3plus_resnet18", "model_kwargs": {"aspp_channels": 16, "decoder_channels": 16},
-                  "lr": 0.01},
+        "model": {"arch": TINY_ARCH, "model_kwargs": dict(TINY_KWARGS), "lr": 0.01},
         "data": {"class_path": "deeplab_lightning.data.ToyVOCDataModule",
                  "init_args": {"data_dir": str(toy_dir), **toy_settings, "crop_size": 64, "batch_size": 2,
                                "val_batch_size": 3, "num_workers": 0}},

@@ -11,10 +11,11 @@ from deeplab_lightning.ablate import load_ablation, main, run_config, set_dotted
 from conftest import REPO
 
 
-def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir, toy_settings, capsys, write_config):
+def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir, toy_settings, capsys, write_config,
+                                                              diverse_start):
     base = write_config(tmp_path, toy_dir, toy_settings, max_steps=2)
     spec = {"name": "toy_os", "base": str(base), "output_dir": str(tmp_path / "out"),
-            "set": {"data.batch_size": 2},
+            "set": {"data.batch_size": 2, "model.init_checkpoint": diverse_start},
             "grid": {"model.output_stride": [8, 16], "model.model_kwargs.image_pooling": [True]},
             "evaluate": {"ms_flip": {"scales": [0.75, 1.0], "flip": True},
                          "crf": {"iterations": 2, "bi_xy_std": 20, "bi_rgb_std": 10}}}

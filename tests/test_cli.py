@@ -122,8 +122,12 @@ def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_
     assert "2 problem(s) found" in report
 
 
-def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys, write_config):
+def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys, write_config,
+                                                            diverse_start):
     config = write_config(tmp_path, toy_dir, toy_settings)
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["init_checkpoint"] = diverse_start  # predictions the CRF can change
+    config.write_text(yaml.safe_dump(settings))
     main(["fit", "--config", str(config)])
     last = str(tmp_path / "ckpt" / "last.ckpt")
     # Multi-scale + flip alone, with the eval config's scales. (Run first: in one process, jsonargparse carries

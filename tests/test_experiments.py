@@ -29,6 +29,7 @@ def test_experiment_fast_dev_run_on_toy_data(path, toy_dir, toy_settings, tmp_pa
     cli = main(["fit", "--config", str(path), "--trainer.fast_dev_run=1",
                 "--trainer.accelerator=cpu", "--trainer.devices=1", "--model.pretrained_backbone=false",
                 "--model.init_checkpoint=null",  # quickstart_crf_rnn starts from the quickstart's checkpoint
+                "--model.freeze_bn=false",  # V2 keeps ImageNet's BatchNorm statistics; random weights have none
                 "--trainer.precision=32-true",  # bf16 is for GPUs; a CPU without native bf16 emulates it, 20x slower
                 "--data=deeplab_lightning.data.ToyVOCDataModule", f"--data.data_dir={toy_dir}",
                 f"--data.size_range=[{toy_settings['size_range'][0]}, {toy_settings['size_range'][1]}]", *toy,

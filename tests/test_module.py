@@ -43,15 +43,23 @@ def test_depthwise_weights_are_not_decayed():
     assert {id(m.weight) for m in convs if m.groups == 1} <= decay
 
 
-def test_freeze_bn_keeps_batchnorm_statistics_and_parameters_out_of_training():
-    module = tiny_module(freeze_bn=True, bn_momentum=0.5).train()
-    norms = [m for m in module.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    before = [m.running_mean.clone() for m in norms]
-    module.net(torch.randint(0, 256, (2, 3, 33, 33), dtype=torch.uint8)).sum().backward()
-    assert not any(m.training for m in norms) and module.net.training
-    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+def test_freeze_bn_keeps_the_backbone_batchnorms_out_of_a_fit(toy_dir, toy_settings, tmp_path):
+    with pytest.raises(ValueError, match="model.freeze_bn .* loads no weights"):
+        tiny_module(freeze_bn=True)
+    torch.save({"state_dict": tiny_module().state_dict()}, tmp_path / "start.ckpt")
+    module = tiny_module(freeze_bn=True, bn_momentum=0.5, init_checkpoint=str(tmp_path / "start.ckpt"))
+    frozen = [m for m in module.net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    head = [m for m in module.net.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in frozen + head]
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
+    L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False).fit(module, datamodule=dm)
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(frozen, before))  # V2: use_global_stats
+    assert not any(torch.equal(m.running_mean, b) for m, b in zip(head, before[len(frozen):]))  # new layers train
     trained = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
-    assert not trained & {id(p) for m in norms for p in m.parameters()} and trained
+    assert not trained & {id(p) for m in frozen for p in m.parameters()}
+    assert {id(p) for m in head for p in m.parameters()} <= trained
+    assert not any(m.training for m in module.train().net.backbone.modules() if m in frozen)
 
 
 def test_module_without_backbone_gets_one_lr():

@@ -62,8 +62,8 @@ class DeepLab(nn.Module):
         logits = self.head(self.backbone(self.normalize(images)))
         # Upsampled in float32 also under bf16 autocast: bf16's 8 bits of mantissa would tie the scores of close
         # classes on ~1 % of the pixels and argmax resolves ties to the lower class index (towards background).
-        return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear",
-                             align_corners=self.align_corners)
+        return F.interpolate(logits.to(torch.promote_types(logits.dtype, torch.float32)), size=images.shape[-2:],
+                             mode="bilinear", align_corners=self.align_corners)
 
 
 class DeepLabV1(DeepLab):
