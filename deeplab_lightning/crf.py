@@ -112,6 +112,7 @@ class PermutohedralLattice:
         # i's neighbour at -shift has i as its neighbour at +shift. A missing neighbour becomes a zero entry on
         # the diagonal, which keeps each row's columns sorted.
         ids = torch.arange(m, device=dev)
+        weights_1d = torch.tensor([0.5, 1.0, 0.5], device=dev, dtype=dtype)  # the [1 2 1] / 2 blur
         for axis in range(d + 1):
             shift = sum(place) - (d + 1) * place[axis] if axis < d else sum(place)
             query = codes - shift
@@ -120,9 +121,8 @@ class PermutohedralLattice:
             minus = torch.where(found, pos, ids)
             plus = ids.clone()
             plus[pos[found]] = ids[found]
-            half = barycentric.new_tensor(0.5)
             cols = torch.stack([minus, ids, plus], dim=1)
-            vals = torch.stack([half * found, half.expand(m) * 2, half * (plus != ids)], dim=1)
+            vals = torch.stack([found, torch.ones_like(found), plus != ids], dim=1).to(dtype) * weights_1d
             if shift < 0:  # the -shift neighbour has the larger code
                 cols, vals = cols.flip(1), vals.flip(1)
             self.blur.append(self._csr(cols, vals, m))
