@@ -30,6 +30,17 @@ def toy_settings() -> dict:
 
 
 TINY_TOY = {"num_train": 16, "num_val": 6, "size_range": (64, 80), "seed": 1}
+def set_batchnorm_statistics(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """Give every BatchNorm of a freshly built ``model`` exactly the statistics of ``images`` (one batch of a
+    cumulative average), then eval mode. With the initial ones (mean 0, variance 1) the activations of a deep
+    random network blow up or saturate (ReLU6) and its output barely depends on the input."""
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.momentum = None
+        model.train()(images)
+    return model.eval()
+
+
 TINY_ARCH, TINY_KWARGS = "deeplabv3plus_resnet18", {"aspp_channels": 16, "decoder_channels": 16}
 
 

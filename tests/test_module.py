@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
+from deeplab_lightning.models import convert_sync_batchnorm
 from deeplab_lightning.module import SegmentationModule, parameter_groups
 
 
@@ -59,7 +60,11 @@ def test_freeze_bn_keeps_the_backbone_batchnorms_out_of_a_fit(toy_dir, toy_setti
     trained = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
     assert not trained & {id(p) for m in frozen for p in m.parameters()}
     assert {id(p) for m in head for p in m.parameters()} <= trained
-    assert not any(m.training for m in module.train().net.backbone.modules() if m in frozen)
+    module.train()
+    assert not any(m.training for m in frozen)
+    # Several GPUs: the SyncBatchNorms that replace them stay frozen (same parameters, eval mode kept).
+    synced = [m for m in convert_sync_batchnorm(module.net).backbone.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(synced) == len(frozen) and not any(m.training or m.weight.requires_grad for m in synced)
 
 
 def test_module_without_backbone_gets_one_lr():
