@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from deeplab_lightning.inference import predict_multiscale
+from deeplab_lightning.evaluation import predict_multiscale
 from deeplab_lightning.models import create_model
 from smp_layout import SmpLayoutV3Plus
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from deeplab_lightning.crf import _NormalisedKernel, _pixel_features, dense_crf
+from deeplab_lightning.evaluation.crf import _NormalisedKernel, _pixel_features, dense_crf
 
 PARAMS = dict(iterations=10, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0, pos_w=3.0, pos_xy_std=1.0)
 

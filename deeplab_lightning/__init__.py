@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 def load(checkpoint: str, map_location: str = "cpu"):
     """A trained model from a checkpoint, ready to predict: ``deeplab_lightning.load("runs/x/checkpoints/best.ckpt")
-    .predict("photo.jpg")`` -> class indices [H, W] (see ``SegmentationModule.predict``)."""
-    from .module import SegmentationModule
+    .predict("photo.jpg")`` -> class indices [H, W] (a :class:`~deeplab_lightning.predictor.Predictor`)."""
+    from .predictor import Predictor
 
-    return SegmentationModule.from_checkpoint(checkpoint, map_location)
+    return Predictor.load(checkpoint, map_location)

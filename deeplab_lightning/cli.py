@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-import torch
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -16,13 +15,14 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
-from .callbacks import FinalValidation, NetworkSummary, PreemptionCheckpoint, SegmentationWriter
-from .checkpoint_io import install_atomic_checkpoint_io
+from .callbacks import FinalValidation, NetworkSummary, PreemptionCheckpoint, ScheduleCheck, SegmentationWriter
+from .checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
+from .compat import check_private_api
 from .data.base import SegmentationDataModule
 from .experiment import derive_run_paths, standard_callbacks
-from .module import SegmentationModule
+from .training import SegmentationModule
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
-from .run_folder import ENV_RUN_DIR, claim_run_folder, relocate, release_run_folder
+from .run_folder import ENV_RUN_DIR, claim_run_folder, relocate, release_run_folder, unused_path
 from .run_info import run_info
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
@@ -38,16 +38,6 @@ def default_wandb_mode() -> None:
     os.environ["WANDB_MODE"] = "offline"
 
 
-def unused_path(path: Path) -> Path:
-    """``path`` if free, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>`` ..."""
-    n = 2
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        n += 1
-    return candidate
-
-
 def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = None) -> str:
     """Where a finished fit wrote its checkpoints (the best with its score and step), config and logs, and the
     command that tests its best checkpoint."""
@@ -56,7 +46,7 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
     for callback in trainer.checkpoint_callbacks:
         if callback.best_model_path:
             best = callback.best_model_path
-            step = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+            step = AtomicCheckpointIO().load_checkpoint(best, weights_only=False)["global_step"]
             score = "" if callback.best_model_score is None else (
                 f"{callback.monitor} {float(callback.best_model_score):.4f} at ")
             lines.append(f"  best checkpoint: {best} ({score}step {step})")
@@ -120,8 +110,9 @@ class DeepLabCLI(LightningCLI):
     The run folder and wandb name come from the experiment file's name, and the standard callbacks are added
     unless configured (:mod:`deeplab_lightning.experiment`). A fit claims its run folder
     (:mod:`deeplab_lightning.run_folder`: a new ``<folder>-N`` when the configured
-    one holds another run), and saves ``last.ckpt`` and exits with status 143 when SIGTERM stops it
-    (:class:`~deeplab_lightning.callbacks.PreemptionCheckpoint`). Checkpoints are written atomically
+    one holds another run), saves ``last.ckpt`` and exits with status 143 when SIGTERM stops it
+    (:class:`~deeplab_lightning.callbacks.PreemptionCheckpoint`), and warns at its start when nothing schedules
+    the learning rate (:class:`~deeplab_lightning.callbacks.ScheduleCheck`). Checkpoints are written atomically
     (:class:`~deeplab_lightning.checkpoint_io.AtomicCheckpointIO`) whatever ``trainer.plugins`` holds;
     ``predict`` writes PNGs (a :class:`~deeplab_lightning.callbacks.SegmentationWriter` unless one is set).
     """
@@ -192,6 +183,7 @@ class DeepLabCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
 
+    # The three private LightningCLI methods overridden here are listed, with their reasons, in compat.OVERRIDDEN.
     def _parse_ckpt_path(self) -> None:
         return None
 
@@ -219,7 +211,7 @@ class DeepLabCLI(LightningCLI):
         for logger in trainer.loggers:
             drop_wandb_anonymous(logger)
         if self.subcommand == "fit":
-            trainer.callbacks[:0] = [PreemptionCheckpoint(), FinalValidation(), NetworkSummary()]
+            trainer.callbacks[:0] = [PreemptionCheckpoint(), FinalValidation(), NetworkSummary(), ScheduleCheck()]
         if self.subcommand == "predict":
             self._configure_writers(trainer)
         return trainer
@@ -237,7 +229,7 @@ class DeepLabCLI(LightningCLI):
         config = self.config["predict"]
         writers = [c for c in trainer.callbacks if isinstance(c, SegmentationWriter)]
         if not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
-            output_dir = config.output_dir or unused_path(Path(trainer.default_root_dir) / "predictions")
+            output_dir = config.output_dir or unused_path(Path(trainer.default_root_dir) / "predictions", folder=True)
             writers.append(SegmentationWriter(str(output_dir)))
             trainer.callbacks.append(writers[-1])
         for writer in writers:
@@ -248,6 +240,7 @@ class DeepLabCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> DeepLabCLI:
     """Run the command line; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks)."""
+    check_private_api()
     default_wandb_mode()
     silence_third_party_noise()
     argv = sys.argv

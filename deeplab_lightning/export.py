@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .crf_rnn import TrainableDenseCRF
+from .evaluation.crf_rnn import TrainableDenseCRF
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 Format = Literal["onnx", "torchscript", "exported_program"]
@@ -70,9 +70,9 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
                         help="replace an existing output file (default: refuse)")
     parsed = parser.parse_args(args)
-    from . import load
+    from .predictor import load_module
 
-    module = load(parsed.ckpt_path)
+    module = load_module(parsed.ckpt_path)
     ckpt = Path(parsed.ckpt_path)
     output = parsed.output or ckpt.with_suffix(FORMATS[parsed.format])
     path = export_network(module.net, output, parsed.format, overwrite=parsed.overwrite)

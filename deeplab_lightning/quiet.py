@@ -19,6 +19,8 @@ import os
 import warnings
 from typing import Any
 
+from .compat import wandb_init_kwargs
+
 NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Seed set to ")
 
 
@@ -43,6 +45,6 @@ def silence_third_party_noise() -> None:
 def drop_wandb_anonymous(logger: Any) -> None:
     """Remove the ``anonymous=None`` Lightning's ``WandbLogger`` passes to ``wandb.init`` (wandb warns that
     the setting has no effect); other loggers are left alone."""
-    init = getattr(logger, "_wandb_init", None)
-    if isinstance(init, dict) and init.get("anonymous") is None:
+    init = wandb_init_kwargs(logger)
+    if init is not None and init.get("anonymous") is None:
         init.pop("anonymous", None)

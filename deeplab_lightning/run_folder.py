@@ -9,6 +9,7 @@ take two folders, and a second fit continuing the same run is refused while the 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .checkpoint_io import process_alive
+from .processes import process_alive
 
 LOCK_NAME = "run.lock"
 RUN_FILES = ("config.yaml", "run_info.json", LOCK_NAME)
@@ -53,12 +54,18 @@ def continues_run(folder: Path, ckpt_path: str | None) -> bool:
         return False
 
 
-def _candidates(folder: Path) -> Iterator[Path]:
-    yield folder
-    n = 2
-    while True:
-        yield folder.with_name(f"{folder.name}-{n}")
-        n += 1
+def numbered_candidates(path: Path, folder: bool = False) -> Iterator[Path]:
+    """``path``, then ``<stem>-2<suffix>``, ``<stem>-3<suffix>`` ... without end; for a ``folder`` the number
+    follows the whole name (``<name>-2`` ...)."""
+    stem, suffix = (path.name, "") if folder else (path.stem, path.suffix)
+    yield path
+    for n in itertools.count(2):
+        yield path.with_name(f"{stem}-{n}{suffix}")
+
+
+def unused_path(path: Path, folder: bool = False) -> Path:
+    """The first of :func:`numbered_candidates` that does not exist."""
+    return next(p for p in numbered_candidates(path, folder) if not p.exists())
 
 
 def _lock_owner() -> dict[str, Any]:
@@ -93,7 +100,7 @@ def claim_run_folder(folder: Path, ckpt_path: str | None) -> Path:
     """Lock and return the folder this fit writes to: the first of ``folder``, ``<folder>-2`` ... whose run it
     continues or that holds no run. Raises :class:`RunFolderBusy` when the run to continue is still being
     written by another live process."""
-    for candidate in _candidates(folder):
+    for candidate in numbered_candidates(folder, folder=True):
         if continues_run(candidate, ckpt_path):
             lock = candidate / LOCK_NAME
             if not _try_lock(candidate):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from deeplab_lightning.callbacks import ScheduleCheck
 from deeplab_lightning.cli import main
 from deeplab_lightning.evaluation import Inference
 from deeplab_lightning.module import SegmentationModule
@@ -16,10 +17,13 @@ from deeplab_lightning.module import SegmentationModule
 from conftest import REPO
 
 
-def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, toy_settings, capsys, write_config):
+def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, toy_settings, capsys, write_config,
+                                                           recwarn):
     config = write_config(tmp_path, toy_dir, toy_settings)
     cli = main(["fit", "--config", str(config)])
     assert cli.trainer.global_step == 2
+    assert any(isinstance(c, ScheduleCheck) for c in cli.trainer.callbacks)  # every fit checks for a schedule ...
+    assert not [w for w in recwarn if "No learning-rate schedule" in str(w.message)]  # ... and this one has PolyLR
     assert cli.model.num_classes == 6 and cli.model.class_names[1] == "disk"  # linked from the data module
     assert "val/mIoU" in cli.trainer.callback_metrics
     best, last = tmp_path / "ckpt" / "best.ckpt", tmp_path / "ckpt" / "last.ckpt"
@@ -61,16 +65,20 @@ def test_quickstart_config_parses(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["arch"] == "deeplabv3plus_resnet18"
     assert printed["data"]["class_path"] == "deeplab_lightning.data.ToyVOCDataModule"
+    # its fit has a learning-rate schedule (so no "No learning-rate schedule" warning)
+    assert "deeplab_lightning.callbacks.PolyLR" in [c["class_path"] for c in printed["trainer"]["callbacks"]]
 
 
 def test_unknown_model_name_fails_at_parse_time_with_the_list(tmp_path, toy_dir, toy_settings, capsys,
                                                                write_config):
     config = write_config(tmp_path, toy_dir, toy_settings)
-    with pytest.raises(SystemExit):  # --print_config would have passed it before: now parsing refuses it
+    with pytest.raises(SystemExit) as exit_info:  # refused when the command line is parsed, before --print_config
         main(["fit", "--config", str(config), "--model.arch", "deeplab_unknown", "--print_config"])
+    assert exit_info.value.code not in (0, None)
     assert "deeplab_unknown" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])
+    assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "deeplabv3plus_xception65" in help_text and "deeplabv1_vgg16_largefov" in help_text  # the choices
     assert "torch.nn.Conv2d" not in help_text and len(help_text.splitlines()) < 900  # no nn.Module catalogue
@@ -143,14 +151,14 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     # Before refinement is exactly multi-scale + flip alone; the CRF changes the predictions.
     assert metrics["test/unrefined/mIoU"].item() == pytest.approx(
         ms_only.trainer.callback_metrics["test/mIoU"].item(), abs=1e-6)
-    refined, unrefined = cli.model.evaluation_results("test"), cli.model.evaluation_results("test/unrefined")
+    refined, unrefined = cli.model.evaluation_results("test"), cli.model.evaluation_results("test", unrefined=True)
     assert not torch.equal(refined.confmat, unrefined.confmat)
-    assert cli.model.inference == Inference()  # both callbacks' changes undone after the stage
+    assert cli.model.pipeline.settings == Inference()  # both callbacks' changes undone after the stage
     out = capsys.readouterr().out
     assert "before refinement" in out and "mean IoU" in out
     # A later test without the CRF has no "before refinement" numbers (not the previous test's).
     L.Trainer(logger=False, enable_progress_bar=False).test(cli.model, datamodule=cli.datamodule, verbose=False)
-    assert cli.model.evaluation_results("test/unrefined") is None and cli.model.evaluation_results("test")
+    assert cli.model.evaluation_results("test", unrefined=True) is None and cli.model.evaluation_results("test")
 
 
 def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_prediction(
@@ -197,7 +205,7 @@ def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_pre
         labels = model.predict(image, eval_size=canvas)
         assert labels.dtype == np.uint8 and np.array_equal(labels, from_cli)
     own_size = model.predict(images / "b.jpg", eval_size=None, scales=(0.75, 1.0), flip=True, crf=True)
-    assert own_size.shape == from_cli.shape and model.inference.scales == (1.0,)  # options for that call only
+    assert own_size.shape == from_cli.shape and model.module.pipeline.settings.scales == (1.0,)  # options for that call only
 
     predict()  # again: a new folder, the first predictions untouched
     assert len(list((tmp_path / "predictions-2").glob("*.png"))) == 3
@@ -248,7 +256,7 @@ def test_the_data_modules_ignore_label_reaches_loss_metrics_and_padding(tmp_path
     monkeypatch.setattr(ToyVOCDataModule, "label_map", void_254, raising=False)
     monkeypatch.setattr(ToyVOCDataModule, "ignore_index", 254, raising=False)
     cli = main(args)
-    assert cli.model.hparams.ignore_index == 254 and cli.model.val_metrics.ignore_index == 254
+    assert cli.model.hparams.ignore_index == 254 and cli.model.evaluator.final["val"].ignore_index == 254
     assert cli.datamodule.val_dataloader().collate_fn.keywords["ignore_index"] == 254
     for key in ("val/mIoU", "val/loss"):  # the same pixels ignored under another label
         assert cli.trainer.callback_metrics[key].item() == pytest.approx(reference[key].item(), abs=1e-6)

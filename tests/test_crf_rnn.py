@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from deeplab_lightning.cli import main as cli_main
-from deeplab_lightning.crf import dense_crf
-from deeplab_lightning.crf_rnn import TrainableDenseCRF, WithCRF
+from deeplab_lightning.evaluation.crf import dense_crf
+from deeplab_lightning.evaluation.crf_rnn import TrainableDenseCRF, WithCRF
 from deeplab_lightning.data import ToyVOCDataModule
 from deeplab_lightning.evaluation import CRFSettings
 from deeplab_lightning.export import export_network
 from deeplab_lightning.module import SegmentationModule
+from deeplab_lightning.predictor import load_module
 
 SETTINGS = CRFSettings(iterations=4, bi_w=4.0, bi_xy_std=8.0, bi_rgb_std=20.0, pos_w=3.0, pos_xy_std=1.0)
 SMALL = {"aspp_channels": 16, "decoder_channels": 16}  # as conftest.write_config's model
@@ -68,7 +69,7 @@ def test_fine_tuning_after_a_trained_network_trains_the_crf_and_reloads_without_
     tuned = tmp_path / "tuned.ckpt"
     trainer.save_checkpoint(tuned)
     plain.unlink()  # the init checkpoint is not needed any more: the tuned checkpoint holds every weight
-    reloaded = SegmentationModule.from_checkpoint(tuned)
+    reloaded = load_module(tuned)
     for key, value in module.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value.cpu()), key
 

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule, VOCDataModule, generate_toy_voc, pad_collate
-from deeplab_lightning.data.dataset import SegmentationDataset, Sample, read_mask
+from deeplab_lightning.data.dataset import SegmentationDataset, Sample, fill_padding, read_mask
 from deeplab_lightning.data.toy import render_toy_sample
 from deeplab_lightning.module import SegmentationModule
 
@@ -74,7 +74,7 @@ def test_train_batches_are_padded_to_the_crop_with_the_networks_mean_pixel_and_i
     # Images of 64-80 px scaled by 0.5 are smaller than the crop: the rest of the crop is padding, whose label
     # is void (never a class) and whose pixels become the network's mean pixel (0 after its normalisation).
     module = SegmentationModule(arch, num_classes=len(TOY_CLASSES), model_kwargs={"aspp_channels": 8})
-    filled = module.fill_padding(batch)
+    filled = fill_padding(batch["image"], batch["size"], module.pixel_mean)
     for i, (h, w) in enumerate(batch["size"]):
         assert torch.equal(filled[i, :, :h, :w], batch["image"][i, :, :h, :w].float())
         for region in (filled[i, :, h:, :], filled[i, :, :, w:]):

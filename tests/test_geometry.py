@@ -1,7 +1,7 @@
 """Where the upsampled logits land: a column-index ramp pushed through each network's conv geometry."""
 import pytest
 
-from deeplab_lightning.inference import scaled_size
+from deeplab_lightning.evaluation.multiscale import scaled_size
 from deeplab_lightning.models import create_model
 from deeplab_lightning.models.analysis import logit_centres, upsampling_misplacement
 
@@ -18,7 +18,7 @@ def test_paper_networks_put_every_logit_on_its_input_pixel(name, output_stride):
 
 
 def test_at_513_pytorch_geometry_misplaces_by_half_the_stride():
-    # The sizes the audit measured at 513 x 513 with align_corners=False; the paper geometry is exact.
+    # The misplacement at 513 x 513 with align_corners=False (up to half the stride); the paper geometry is exact.
     for output_stride, expected in ((16, 7.25), (8, 3.44)):
         shifted = create_model("deeplabv3_resnet18", num_classes=3, output_stride=output_stride,
                                align_corners=False)

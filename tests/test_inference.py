@@ -5,7 +5,7 @@ from torch import nn
 
 from deeplab_lightning.callbacks import MultiScaleInference
 from deeplab_lightning.evaluation import Inference
-from deeplab_lightning.inference import predict_multiscale, sliding_window
+from deeplab_lightning.evaluation import predict_multiscale, sliding_window
 from deeplab_lightning.models import create_model
 from deeplab_lightning.module import SegmentationModule
 
@@ -82,7 +82,7 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
     trainer.test(module, datamodule=dm, verbose=False)
     assert len(calls) == 2 * 6 and set(calls) == {2}  # 2 scales per image, original + flip in one batch
-    assert module.inference == Inference()  # restored after the stage
+    assert module.pipeline.settings == Inference()  # restored after the stage
     calls.clear()
     trainer.validate(module, datamodule=dm, verbose=False)
     assert len(calls) == 6  # validation was not switched
@@ -91,7 +91,7 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
 
 
 def test_msc_max_fuses_the_scales_and_trains_on_every_output():
-    from deeplab_lightning.inference import msc_max_fusion
+    from deeplab_lightning.evaluation import msc_max_fusion
     from deeplab_lightning.module import SegmentationModule
 
     torch.manual_seed(0)

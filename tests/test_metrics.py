@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from deeplab_lightning.metrics import SegmentationMetrics
+from deeplab_lightning.evaluation import SegmentationMetrics
 
 
 def reference_confmat(batches, num_classes, ignore=255):

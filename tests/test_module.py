@@ -4,7 +4,8 @@ import torch
 
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 from deeplab_lightning.models import convert_sync_batchnorm
-from deeplab_lightning.module import SegmentationModule, parameter_groups
+from deeplab_lightning.module import SegmentationModule
+from deeplab_lightning.training import parameter_groups
 
 
 def tiny_module(**kwargs):
@@ -84,7 +85,7 @@ def test_training_and_validation_steps_on_tiny_inputs():
     module.eval()
     with torch.no_grad():
         module.validation_step({**batch, "size": [(64, 64), (64, 64)]}, 0)
-    assert module.val_metrics.confmat.sum().item() == (batch["mask"] != 255).sum().item()
+    assert module.evaluator.final["val"].confmat.sum().item() == (batch["mask"] != 255).sum().item()
 
 
 def _validate(module, datamodule):

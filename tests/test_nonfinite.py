@@ -75,7 +75,7 @@ def test_nonfinite_validation_loss_stops_the_run_before_its_checkpoint(toy_dir, 
 
 def test_skipped_steps_fail_the_run_past_max_skipped_share(toy_dir, toy_settings, tmp_path):
     module = _module(nonfinite_loss="skip", max_skipped_share=0.5)
-    module.loss = lambda logits, mask: logits.sum() * float("nan")  # every loss is NaN
+    module.loss.forward = lambda logits, mask: logits.sum() * float("nan")  # every loss is NaN
     before = {k: v.clone() for k, v in module.state_dict().items() if "weight" in k}
     with pytest.warns(UserWarning, match=r"Skipping the optimizer step.*\(2 skipped, at most 2 allowed\)"):
         with pytest.raises(FloatingPointError, match=r"3 optimizer steps were skipped .*max_skipped_share=0.5 of 4"):

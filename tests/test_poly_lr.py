@@ -2,7 +2,8 @@ import lightning as L
 import pytest
 import torch
 
-from deeplab_lightning.callbacks import PolyLR, poly_lr_factor
+from deeplab_lightning.callbacks import PolyLR, ScheduleCheck, poly_lr_factor
+from deeplab_lightning.callbacks.schedule import NO_SCHEDULE
 from deeplab_lightning.module import SegmentationModule
 
 
@@ -56,3 +57,30 @@ def test_poly_lr_sequence_in_training_keeps_head_multiplier(tmp_path):
         assert lrs["backbone_no_decay"] == pytest.approx(0.01 * factor, rel=1e-12)
         assert lrs["head"] == pytest.approx(0.1 * factor, rel=1e-12)
         assert lrs["head_no_decay"] == pytest.approx(0.1 * factor, rel=1e-12)
+
+
+def _fit_with(callbacks, module=None):
+    module = module or SegmentationModule(TinyNet(), num_classes=3, lr=0.01)
+    trainer = L.Trainer(max_steps=2, callbacks=[ScheduleCheck(), *callbacks], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=_loader(4))
+
+
+def test_a_fit_without_a_learning_rate_schedule_says_so_once_at_start():
+    with pytest.warns(UserWarning, match="No learning-rate schedule") as record:
+        _fit_with([])
+    assert [str(w.message) for w in record if "learning-rate" in str(w.message)] == [NO_SCHEDULE]
+
+
+@pytest.mark.parametrize("schedule", ["PolyLR", "configure_optimizers"])
+def test_a_fit_with_a_learning_rate_schedule_does_not_warn(recwarn, schedule):
+    class Scheduled(SegmentationModule):
+        def configure_optimizers(self):
+            optimizer = super().configure_optimizers()
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1)}
+
+    if schedule == "PolyLR":
+        _fit_with([PolyLR()])
+    else:
+        _fit_with([], Scheduled(TinyNet(), num_classes=3, lr=0.01))
+    assert not [w for w in recwarn if "learning-rate" in str(w.message)]

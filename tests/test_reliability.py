@@ -64,7 +64,7 @@ def test_evaluate_at_output_stride_8_a_model_trained_at_16(tmp_path, toy_dir, to
 def test_unknown_config_keys_and_values_are_named(tmp_path, toy_dir, toy_settings, capsys, override, key, write_config):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(write_config(tmp_path, toy_dir, toy_settings)), *override])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code not in (0, None)
     assert key in capsys.readouterr().err
 
 
@@ -80,8 +80,9 @@ def test_unknown_key_inside_a_config_file_is_named(tmp_path, toy_dir, toy_settin
     config = yaml.safe_load(path.read_text())
     config["model"]["atrous_ratez"] = [6, 12, 18]
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(path)])
+    assert exit_info.value.code not in (0, None)
     assert "atrous_ratez" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ from deeplab_lightning.models import create_model
 from deeplab_lightning.models.backbones.base import PretrainedWeightsUnavailable
 from deeplab_lightning.models.convert import TORCHVISION_WEIGHTS
 from deeplab_lightning.module import SegmentationModule
+from deeplab_lightning.predictor import load_module
 
 from conftest import REPO
 
@@ -86,7 +87,7 @@ def test_a_fine_tuned_torchvision_start_reloads_from_its_checkpoint_without_down
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     for cached in (torch_home / "hub" / "checkpoints").iterdir():
         cached.unlink()  # a download would now fail
-    reloaded = SegmentationModule.from_checkpoint(path)
+    reloaded = load_module(path)
     for key, value in module.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
 
@@ -99,4 +100,4 @@ def test_the_command_line_takes_weights_by_name(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["model"]["weights"] == "torchvision"
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config, "--model.weights", "coco"])
-    assert exit_info.value.code != 0 and "torchvision" in capsys.readouterr().err
+    assert exit_info.value.code not in (0, None) and "torchvision" in capsys.readouterr().err

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..evaluation import smallest_eval_size
-from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate
+from ..compat import loop_position
+from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate, smallest_eval_size
 from .sampling import EvalSampler, TrainSampler, per_process_batch
-from .transforms import crop_pair, train_transform
+from .transforms import size_pair, train_transform
 
 # Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
 # sampler here continues exactly from the restored loop progress instead (see TrainSampler).
@@ -74,11 +74,11 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
-        self.crop_size = crop_pair(crop_size)
+        self.crop_size = size_pair(crop_size)
         self.scale_range = scale_range
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
-        self.eval_size = eval_size if eval_size in ("auto", None) else crop_pair(eval_size)
+        self.eval_size = eval_size if eval_size in ("auto", None) else size_pair(eval_size, "eval_size")
         self._eval_sizes: dict[str, tuple[int, int]] = {}
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -129,8 +129,8 @@ class SegmentationDataModule(L.LightningDataModule):
         if trainer is not None:
             # Lightning creates the first iterator before it calls set_epoch, and a resumed run starts
             # mid-epoch: take both from the (restored) loop state, and skip the batches already trained on.
-            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            epoch, done = loop_position(trainer)
+            sampler.set_epoch(epoch)
             per_epoch = len(sampler) // batch_size
             sampler.skip_batches(done if done < per_epoch else 0, batch_size)
         return sampler

@@ -207,3 +207,27 @@ def pad_collate(batch: list[dict[str, Any]], size: tuple[int, int] | None = None
         "padded": any(hw != (h, w) for hw in sizes),
         "canvas": tuple(size) if fixed and size is not None else None,
     }
+
+
+def fill_padding(images: torch.Tensor, sizes: Sequence[tuple[int, int]], mean: torch.Tensor | None) -> torch.Tensor:
+    """Images [N,3,H,W] with the canvas beyond each image's (h, w) in ``sizes`` filled with ``mean`` [1,3,1,1]
+    (the network's mean pixel, which it normalises to zero), as the TF reference pads; a float copy, or the
+    images themselves when ``mean`` is None. ``sizes`` are host-side integers, so this never waits for the GPU."""
+    if mean is None:
+        return images
+    images = images.float()
+    for i, (h, w) in enumerate(sizes):
+        images[i, :, h:, :] = mean[0]
+        images[i, :, :h, w:] = mean[0]
+    return images
+
+
+def smallest_eval_size(sizes: Sequence[tuple[int, int]], multiple: int = 16) -> tuple[int, int]:
+    """The smallest (H, W) of the form ``multiple * k + 1`` that holds every (h, w) in ``sizes``
+    (VOC's 500 x 500 at most -> 513 x 513; Cityscapes 1024 x 2048 -> 1025 x 2049, as in the TF reference)."""
+    if not sizes:
+        raise ValueError("no image sizes to derive an evaluation size from")
+    h = max(s[0] for s in sizes)
+    w = max(s[1] for s in sizes)
+    up = lambda n: -(-(n - 1) // multiple) * multiple + 1  # noqa: E731
+    return up(h), up(w)

@@ -20,7 +20,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import Progress
 
-from ..checkpoint_io import process_alive
+from ..processes import process_alive
 from .classes import flat_palette, voc_palette
 from .voc import VOCDataModule
 

@@ -52,7 +52,7 @@ class RandomCropWithin(v2.Transform):
 
     def __init__(self, crop_size: int | Sequence[int]) -> None:
         super().__init__()
-        self.crop_size = crop_pair(crop_size)
+        self.crop_size = size_pair(crop_size)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
@@ -67,11 +67,12 @@ class RandomCropWithin(v2.Transform):
         return TF.crop(inpt, **params)
 
 
-def crop_pair(crop_size: int | Sequence[int]) -> tuple[int, int]:
-    """(H, W) of a crop given as an int or a pair; raises unless both are positive."""
-    pair = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+def size_pair(size: int | Sequence[int], name: str = "crop_size") -> tuple[int, int]:
+    """(H, W) of a size given as an int or a pair (a crop, an evaluation canvas); raises, naming the setting
+    ``name``, unless both are positive."""
+    pair = (size, size) if isinstance(size, int) else tuple(size)
     if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"crop_size must be a positive int or [height, width], got {crop_size!r}")
+        raise ValueError(f"{name} must be a positive int or [height, width], got {size!r}")
     return pair  # type: ignore[return-value]
 
 

@@ -31,7 +31,7 @@ class DeepLab(nn.Module):
     feature exactly on the input pixel its convolutions are centred on; ``align_corners=False`` (PyTorch's
     default, kept by :func:`~deeplab_lightning.models.from_torchvision`) misplaces them by up to about half
     the stride (measured by :func:`~deeplab_lightning.models.analysis.upsampling_misplacement`).
-    Parameters under ``backbone`` form the backbone group of the optimizer, the rest the head group.
+    The network declares the optimizer's parameter groups (:meth:`parameter_groups`).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, *, align_corners: bool = True) -> None:
@@ -48,6 +48,16 @@ class DeepLab(nn.Module):
     @property
     def output_stride(self) -> int:
         return self.backbone.output_stride
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``backbone``: the layers that start from ImageNet weights (the backbone, and the layers of any head
+        that declares ``pretrained_parameters()``, V1/V2's fc6/fc7), trained at the base learning rate;
+        ``head``: the layers new to DeepLab, trained at ``head_lr_mult`` times it (V1 section 4.1)."""
+        pretrained = [*self.backbone.parameters()]
+        pretrained += [p for m in self.modules() if hasattr(m, "pretrained_parameters")
+                       for p in m.pretrained_parameters()]
+        ids = {id(p) for p in pretrained}
+        return {"backbone": pretrained, "head": [p for p in self.parameters() if id(p) not in ids]}
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -114,7 +114,3 @@ class ResNetBackbone(Backbone):
             x = getattr(self, name)(x)
             features.append(x)
         return features
-
-    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Strictly load a torchvision ResNet state dict (its ``fc.*`` classifier is dropped)."""
-        self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("fc.")}, strict=True)

@@ -45,7 +45,3 @@ class VGG16Backbone(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         low_level = self.features[:16](x)  # conv3_3 + ReLU, stride 4
         return [low_level, self.features[16:](low_level)]
-
-    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Strictly load a torchvision VGG-16 state dict (its ``classifier.*`` is dropped)."""
-        self.load_state_dict({k: v for k, v in state_dict.items() if k.startswith("features.")}, strict=True)

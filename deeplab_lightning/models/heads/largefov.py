@@ -36,6 +36,11 @@ class FCHead(nn.Sequential):
     def fc7(self) -> nn.Conv2d:
         return self[3]
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """fc6 and fc7, converted from VGG-16's ImageNet fc layers: trained at the backbone's learning rate, as
+        in the released Caffe models (only fc8 is new)."""
+        return [*self.fc6.parameters(), *self.fc7.parameters()]
+
     def load_vgg_fc(self, fc: dict[str, torch.Tensor]) -> None:
         """Initialise fc6/fc7 by subsampling VGG-16's ImageNet fully connected layers (V1 section 3.1).
 

@@ -1,6 +1,7 @@
 """Test-time inference as in DeepLab V3 section 4.3 / V3+ section 4.4: multi-scale inputs, left-right flips
 and (for images larger than a training crop) sliding windows. Pure functions over any ``model(images) ->
-logits``; the :class:`~deeplab_lightning.callbacks.MultiScaleInference` callback switches them on.
+logits``, composed by :mod:`.pipeline`; also DeepLab V2's multi-scale inputs with max fusion (MSC), which the
+network applies in training too.
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def check_overlap(overlap: float) -> None:
+    """Raise unless neighbouring windows overlap by a fraction in [0, 1)."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+
+
 def sliding_window(model: Model, images: torch.Tensor, window: int | Sequence[int],
                    overlap: float = 1 / 3) -> torch.Tensor:
     """Logits [N,C,H,W] from ``window``-sized crops whose overlaps are averaged.
@@ -34,8 +41,7 @@ def sliding_window(model: Model, images: torch.Tensor, window: int | Sequence[in
     n, _, h, w = images.shape
     if h <= wh and w <= ww:
         return model(images)
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    check_overlap(overlap)
     sh, sw = max(1, int(wh * (1 - overlap))), max(1, int(ww * (1 - overlap)))
     total, count = None, images.new_zeros(1, 1, h, w)
     for top in _starts(h, wh, sh):

@@ -7,7 +7,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
-from .plots import confusion_matrix_figure
+from ..plots import confusion_matrix_figure
 
 
 def _pad_to_common_size(samples: list[tuple[Any, ...]], ignore_index: int) -> list[tuple[Any, ...]]:
@@ -102,6 +102,3 @@ class WandbReport(L.Callback):
         }
         logger.experiment.log(media | {"trainer/global_step": step})
         self.samples = []
-
-
-__all__ = ["WandbReport"]

@@ -13,8 +13,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class CRFSettings:
+    """Dense CRF parameters (see :func:`dense_crf`); the defaults are DeepLab V2's (ResNet-101, VOC; V1 used
+    5/50/3/3/3)."""
+
+    iterations: int = 10
+    bi_w: float = 4.0
+    bi_xy_std: float = 67.0
+    bi_rgb_std: float = 3.0
+    pos_w: float = 3.0
+    pos_xy_std: float = 1.0
 
 
 def _sparse_csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -204,7 +218,7 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, iterations: int = 10,
 
     Mean field with Potts compatibility: ``Q <- softmax(-U + sum_k w_k K~_k Q)``. Runs in float32, also
     inside an autocast region (mixed-precision evaluation), without autograd (the trainable CRF is
-    :class:`~deeplab_lightning.crf_rnn.TrainableDenseCRF`).
+    :class:`~deeplab_lightning.evaluation.crf_rnn.TrainableDenseCRF`).
     """
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
@@ -231,8 +245,3 @@ def _mean_field(image: torch.Tensor, probs: torch.Tensor, iterations: int, bi_w:
             kernel.accumulate(q, weight, scores, scratch)
         torch.softmax(scores, dim=1, out=q)
     return q.T.reshape(c, h, w)
-
-
-def dense_crf_batch(images: torch.Tensor, probs: torch.Tensor, **kwargs) -> torch.Tensor:
-    """:func:`dense_crf` over a batch: images uint8 [N, H, W, 3], probs [N, C, H, W] -> [N, C, H, W]."""
-    return torch.stack([dense_crf(img, p, **kwargs) for img, p in zip(images, probs)])

@@ -1,5 +1,5 @@
-"""A trainable dense CRF (CRF-as-RNN, Zheng et al., ICCV 2015): the mean field of :func:`~deeplab_lightning.crf.
-dense_crf` as differentiable layers, with learnable kernel weights and label compatibility, appended to any
+"""A trainable dense CRF (CRF-as-RNN, Zheng et al., ICCV 2015): the mean field of :func:`.crf.dense_crf` as
+differentiable layers, with learnable kernel weights and label compatibility, appended to any
 DeepLab network and fine-tuned end to end after it.
 
 Each iteration filters the current marginals with the normalised Gaussian (position) and bilateral (position
@@ -16,8 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .crf import _NormalisedKernel, _pixel_features, dense_crf
-from .evaluation import CRFSettings
+from .crf import CRFSettings, _NormalisedKernel, _pixel_features, dense_crf
 
 CLIP = inspect.signature(dense_crf).parameters["clip"].default  # dense_crf's floor of the probabilities
 
@@ -32,7 +31,7 @@ class TrainableDenseCRF(nn.Module):
 
     Parameters: ``kernel_weights`` [2, C] (per kernel, Gaussian then bilateral, the weight of each class's
     message; initially ``pos_w`` and ``bi_w``) and ``compatibility`` [C, C] (``mu(l, l')``, initially Potts:
-    1 - identity). With these initial values the output is :func:`~deeplab_lightning.crf.dense_crf`'s
+    1 - identity). With these initial values the output is :func:`.crf.dense_crf`'s
     (tested).
 
     ``forward(images uint8 [N, 3, H, W], logits [N, C, H, W]) -> scores [N, C, H, W]`` whose softmax is the
@@ -82,6 +81,16 @@ class WithCRF(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.crf(images.clamp(0, 255).round(), self.net(images))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The network's groups, with the CRF's parameters in ``head`` (new layers)."""
+        groups = (self.net.parameter_groups() if hasattr(self.net, "parameter_groups")
+                  else {"head": [*self.net.parameters()]})
+        return groups | {"head": [*groups.get("head", []), *self.crf.parameters()]}
+
+    def parameters_without_weight_decay(self) -> list[nn.Parameter]:
+        """The CRF's kernel weights and compatibility: weight decay would pull them towards no CRF."""
+        return [*self.crf.parameters()]
 
     def __getattr__(self, name: str):
         try:

@@ -1,0 +1,38 @@
+"""Lightning callbacks, one module per concern; configs name them as ``deeplab_lightning.callbacks.<Name>``.
+
+- :mod:`.schedule`: the poly learning-rate schedule, and the warning when a fit has none;
+- :mod:`.progress`: the progress bar (terminal bar, or plain lines in a log file);
+- :mod:`.throughput`: training images per second;
+- :mod:`.run_safety`: a checkpoint on SIGTERM, a validation of the final weights;
+- :mod:`.reporting`: the network summary and the per-class IoU tables printed;
+- :mod:`.inference`: multi-scale + flip and dense CRF evaluation for chosen stages;
+- :mod:`.writer`: prediction PNGs and overlays;
+- :mod:`.wandb_report`: IoU table, confusion matrix and predicted masks sent to wandb.
+"""
+from .inference import DenseCRFRefinement, MultiScaleInference
+from .progress import ProgressBar
+from .reporting import IoUTable, NetworkSummary, iou_table
+from .run_safety import FinalValidation, PreemptionCheckpoint
+from .schedule import PolyLR, ScheduleCheck, poly_lr_factor
+from .throughput import Throughput
+from .wandb_report import WandbReport
+from .writer import SegmentationWriter, legend, overlay
+
+__all__ = [
+    "DenseCRFRefinement",
+    "FinalValidation",
+    "IoUTable",
+    "MultiScaleInference",
+    "NetworkSummary",
+    "PolyLR",
+    "PreemptionCheckpoint",
+    "ProgressBar",
+    "ScheduleCheck",
+    "SegmentationWriter",
+    "Throughput",
+    "WandbReport",
+    "iou_table",
+    "legend",
+    "overlay",
+    "poly_lr_factor",
+]

@@ -1,0 +1,128 @@
+"""Prediction files: class-index PNGs and overlays with a legend (SegmentationWriter, overlay, legend)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw, ImageFont
+from rich.console import Console
+
+from ..data.classes import flat_palette, voc_palette
+
+
+def legend(labels: np.ndarray, names: Sequence[str], palette: np.ndarray, width: int) -> np.ndarray:
+    """A strip [h, width, 3] naming the classes present in ``labels``, each beside a swatch of its colour."""
+    present = [int(c) for c in np.unique(labels) if c < len(names)]
+    row, swatch = 14, 10
+    font = ImageFont.load_default()
+    entries = [(palette[c], names[c]) for c in present]
+    widths = [swatch + 4 + int(font.getlength(name)) + 12 for _, name in entries]
+    lines, x = [[]], 0
+    for entry, w in zip(entries, widths):
+        if x + w > width and lines[-1]:
+            lines.append([])
+            x = 0
+        lines[-1].append((entry, x))
+        x += w
+    strip = Image.new("RGB", (width, row * len(lines) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        y = 2 + i * row
+        for (colour, name), x in line:
+            draw.rectangle([x + 2, y + 1, x + 2 + swatch, y + 1 + swatch], fill=tuple(int(v) for v in colour),
+                           outline=(0, 0, 0))
+            draw.text((x + swatch + 6, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
+            names: Sequence[str] | None = None) -> np.ndarray:
+    """Side by side: the image [H,W,3] uint8 and the image blended with the coloured labels -> [H, 2W, 3];
+    with ``names``, a legend of the classes present below -> [H + legend, 2W, 3]."""
+    colours = palette[labels]
+    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+    pair = np.concatenate([image, blended], axis=1)
+    if names is None:
+        return pair
+    return np.concatenate([pair, legend(labels, names, palette, pair.shape[1])], axis=0)
+
+
+class SegmentationWriter(BasePredictionWriter):
+    """Writes each prediction of ``predict`` as ``<output_dir>/<id>.png`` (a palette PNG of class indices, in
+    the data module's palette) and ``<output_dir>/overlays/<id>.jpg`` (image | coloured overlay, with a legend of
+    the classes present).
+
+    Nothing is overwritten: before the first image it refuses (naming the files) an ``output_dir`` that holds an
+    input image or label file, two images that would write the same file, and files already there from an
+    earlier prediction unless ``overwrite`` is set.
+    """
+
+    def __init__(self, output_dir: str = "predictions", overlays: bool = True, alpha: float = 0.5,
+                 overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.overlays = overlays
+        self.alpha = alpha
+        self.overwrite = overwrite
+
+    def outputs(self, sample_id: str) -> list[Path]:
+        """The files written for one image."""
+        paths = [self.output_dir / f"{sample_id}.png"]
+        return paths + [self.output_dir / "overlays" / f"{sample_id}.jpg"] if self.overlays else paths
+
+    def check_outputs(self, samples: Sequence) -> None:
+        """Raise, before anything is written, if writing ``samples`` (with ``id``, ``image``, ``mask``) would
+        replace an input, another prediction of this run, or (without ``overwrite``) an earlier one."""
+        inputs = {Path(p).resolve() for s in samples for p in (s.image, s.mask) if p is not None}
+        if self.output_dir.resolve() in {p.parent for p in inputs}:
+            raise FileExistsError(f"Output folder {self.output_dir} is the folder of the input images: choose "
+                                  f"another --output_dir (predictions must never mix with or replace inputs)")
+        planned: dict[Path, str] = {}
+        for s in samples:
+            for path in self.outputs(s.id):
+                path = path.resolve()
+                if path in inputs:
+                    raise FileExistsError(f"Prediction {path} would replace an input file: choose another "
+                                          f"--output_dir")
+                if path in planned:
+                    raise FileExistsError(f"Images {planned[path]!r} and {s.id!r} would both be written to "
+                                          f"{path}; rename one")
+                planned[path] = s.id
+        if not self.overwrite:
+            existing = [p for p in planned if p.exists()]
+            if existing:
+                raise FileExistsError(f"{len({planned[p] for p in existing})} images already have predictions in "
+                                      f"{self.output_dir} (e.g. {existing[0]}); pass --overwrite true to replace "
+                                      f"them or choose another --output_dir")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage == "predict" and trainer.is_global_zero and hasattr(datamodule, "samples"):
+            self.check_outputs(datamodule.samples(datamodule.test_split))
+
+    @rank_zero_only
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        what = "PNG class indices and overlays" if self.overlays else "PNG class indices"
+        Console(stderr=True, soft_wrap=True).print(f"Predictions ({what}) written to {self.output_dir}")
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: list[torch.Tensor],
+                           batch_indices, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        flat = flat_palette(list(getattr(trainer.datamodule, "palette", None) or voc_palette()))
+        palette = np.asarray(flat, np.uint8).reshape(256, 3)
+        (self.output_dir / "overlays" if self.overlays else self.output_dir).mkdir(parents=True, exist_ok=True)
+        for sample_id, labels, raw in zip(batch["id"], prediction, batch["image"]):
+            labels = labels.cpu().numpy().astype(np.uint8)
+            png = Image.fromarray(labels, mode="L").convert("P")
+            png.putpalette(flat)
+            png_path, *overlay_path = self.outputs(sample_id)
+            png.save(png_path)
+            if overlay_path:
+                h, w = labels.shape
+                image = raw[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+                names = getattr(trainer.datamodule, "class_names", None) or pl_module.class_names
+                Image.fromarray(overlay(image, labels, palette, self.alpha, names)).save(overlay_path[0], quality=90)

@@ -1,0 +1,89 @@
+"""Building the network a module trains: a DeepLab variant by name (or any ``nn.Module``), optionally followed by
+the trainable CRF, started from a checkpoint's weights, with the BatchNorm settings applied."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..evaluation.crf import CRFSettings
+from ..evaluation.crf_rnn import TrainableDenseCRF, WithCRF
+from ..models import create_model
+from ..models.convert import loading_weights
+
+BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+def build_network(arch: str | nn.Module, num_classes: int, *, output_stride: int | None = None,
+                  pretrained_backbone: bool = False, weights: str | None = None,
+                  model_kwargs: dict[str, Any] | None = None, crf_rnn: dict[str, Any] | None = None,
+                  init_checkpoint: str | None = None, bn_momentum: float | None = None, freeze_bn: bool = False,
+                  memory_format: torch.memory_format = torch.contiguous_format,
+                  compile: bool | dict[str, Any] = False) -> nn.Module:
+    """The network of ``SegmentationModule`` (its arguments of the same names), in ``memory_format``."""
+    loads_weights = pretrained_backbone or weights is not None or init_checkpoint is not None
+    if freeze_bn and not (loads_weights or isinstance(arch, nn.Module)):
+        raise ValueError("model.freeze_bn keeps the backbone's BatchNorm statistics as loaded, but this config "
+                         "loads no weights (model.pretrained_backbone false, no model.weights or "
+                         "model.init_checkpoint): the initial statistics would let the activations diverge. "
+                         "Set model.freeze_bn false, or load pretrained weights")
+    net = _network(arch, num_classes, output_stride, pretrained_backbone, weights, model_kwargs, crf_rnn,
+                   init_checkpoint)
+    if bn_momentum is not None:
+        for m in batch_norms(net):
+            m.momentum = bn_momentum
+    if freeze_bn:
+        for m in backbone_batch_norms(net):
+            m.requires_grad_(False)
+            m.eval()  # Lightning's loops restore each module's own mode flag, so eval here is kept in training
+        # Lightning's notice about those eval-mode modules: they are meant to be.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    net.to(memory_format=memory_format)
+    if compile:
+        net.compile(**(compile if isinstance(compile, dict) else {}))
+    return net
+
+
+def _network(arch: str | nn.Module, num_classes: int, output_stride: int | None, pretrained_backbone: bool,
+             weights: str | None, model_kwargs: dict[str, Any] | None, crf_rnn: dict[str, Any] | None,
+             init_checkpoint: str | None) -> nn.Module:
+    if isinstance(arch, nn.Module):
+        net = arch
+    else:
+        net = create_model(arch, num_classes, output_stride=output_stride, pretrained_backbone=pretrained_backbone,
+                           weights=weights, **(model_kwargs or {}))
+    if crf_rnn is not None:
+        net = WithCRF(net, TrainableDenseCRF(num_classes, CRFSettings(**crf_rnn)))
+    if init_checkpoint is not None and loading_weights():
+        load_network_weights(net, init_checkpoint)
+    return net
+
+
+def load_network_weights(net: nn.Module, path: str) -> None:
+    """The network weights of a checkpoint (``net.`` keys of its state dict); those of a network without the
+    trainable CRF go into the network under it (the CRF keeps its initial parameters)."""
+    from ..checkpoint_io import AtomicCheckpointIO
+
+    state = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=False)["state_dict"]
+    weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    has_crf = any(k.startswith("crf.") for k in weights)
+    target = net.net if isinstance(net, WithCRF) and not has_crf else net
+    try:
+        target.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"model.init_checkpoint {path} holds another network than this config builds "
+                         f"(arch, num_classes, model_kwargs must match): {str(err).splitlines()[0]}") from err
+
+
+def batch_norms(module: nn.Module) -> Iterator[BatchNorm]:
+    """Every BatchNorm layer of ``module``."""
+    return (m for m in module.modules() if isinstance(m, BatchNorm))
+
+
+def backbone_batch_norms(net: nn.Module) -> list[BatchNorm]:
+    """The BatchNorms of the network's backbone (the whole network when it has none): those ``freeze_bn`` keeps
+    as loaded; the heads' new BatchNorms train."""
+    return list(batch_norms(getattr(net, "backbone", net)))

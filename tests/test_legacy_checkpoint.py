@@ -1,0 +1,36 @@
+"""Checkpoints written before the training/evaluation packages existed still load: by the Python API, by
+Lightning, and with their optimizer state (a fit resumes from them)."""
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from deeplab_lightning import load
+from deeplab_lightning.module import SegmentationModule
+
+LEGACY = Path(__file__).parent / "golden" / "legacy_0.1.0_tiny.ckpt.gz"  # a 1-step fit of conftest's tiny config,
+# written by deeplab_lightning 0.1.0 (commit e07f967) through the command line, its weights zeroed to compress
+
+
+@pytest.fixture(scope="module")
+def legacy_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("legacy") / "last.ckpt"
+    with gzip.open(LEGACY, "rb") as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return path
+
+
+def test_a_legacy_checkpoint_loads_everywhere(legacy_checkpoint):
+    checkpoint = torch.load(legacy_checkpoint, map_location="cpu", weights_only=False)
+    predictor = load(str(legacy_checkpoint))
+    assert predictor.class_names[1] == "disk" and predictor.module.hparams.arch == "deeplabv3plus_resnet18"
+    # Every key of the old state dict is a key of the new module, and the other way round (strict loading).
+    assert set(predictor.module.state_dict()) == set(checkpoint["state_dict"])
+    reloaded = SegmentationModule.load_from_checkpoint(legacy_checkpoint, map_location="cpu")
+    assert torch.equal(reloaded.net.decoder.classifier.weight, torch.zeros_like(reloaded.net.decoder.classifier.weight))
+    optimizer = reloaded.configure_optimizers()
+    optimizer.load_state_dict(checkpoint["optimizer_states"][0])  # same groups, same parameters in each
+    assert [g["name"] for g in optimizer.param_groups] == ["backbone_no_decay", "backbone", "head_no_decay", "head"]
+    assert predictor.predict(torch.zeros(3, 20, 30, dtype=torch.uint8)).shape == (20, 30)
