@@ -11,4 +11,6 @@ if [ ! -f "$VENV/.pydensecrf-tried" ]; then
     || echo "note: pydensecrf2 did not build (a C++ compiler is needed); the CRF comparison test will be skipped"
   touch "$VENV/.pydensecrf-tried"
 fi
-exec "${DEEPLAB_VENV:-.venv}/bin/python" -m pytest "$@"
+# One pytest-xdist worker per core (each test process then uses one thread): measured on 2 cores, 7 min 41 s
+# instead of 9 min 41 s for one process with two threads; DEEPLAB_TEST_WORKERS=0 runs in this process.
+exec "$VENV/bin/python" -m pytest -n "${DEEPLAB_TEST_WORKERS:-auto}" "$@"

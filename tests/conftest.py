@@ -8,7 +8,8 @@ import torch
 import yaml
 
 os.environ.setdefault("WANDB_MODE", "disabled")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two threads per test process; one per worker when pytest-xdist runs one worker per core (scripts/test.sh).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
 
