@@ -191,3 +191,25 @@ def test_compiled_network_trains_and_validates_images_of_any_size(toy_dir, toy_s
             compiled, eager = module.net(x), module.net.forward(x)  # forward() bypasses the compiled call
             assert compiled.shape == (1, 6, h, w)
             torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_a_network_that_declares_no_groups_keeps_its_backbone_at_the_base_lr_also_under_the_crf():
+    from deeplab_lightning.evaluation.crf_rnn import TrainableDenseCRF, WithCRF
+
+    class Custom(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.classifier = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1)
+
+    net = Custom()
+    for model in (net, WithCRF(net, TrainableDenseCRF(2))):
+        groups = {g["name"]: g for g in parameter_groups(model, lr=0.1, weight_decay=1e-4, head_lr_mult=10.0)}
+        assert groups["backbone"]["params"] == [net.backbone.weight] and groups["backbone"]["lr"] == 0.1
+        assert groups["head"]["params"] == [net.classifier.weight] and groups["head"]["lr"] == pytest.approx(1.0)
+
+
+def test_evaluation_results_name_an_unknown_stage():
+    module = tiny_module()
+    assert module.evaluation_results("val") is None and module.evaluation_results("test", unrefined=True) is None
+    with pytest.raises(ValueError, match="unrefined=True"):
+        module.evaluation_results("val/unrefined")

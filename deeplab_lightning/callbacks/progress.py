@@ -151,9 +151,9 @@ class ProgressBar(RichProgressBar):
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._eval_line(trainer, "predict", batch_idx, dataloader_idx)
 
-    def _update_metrics(self, trainer, pl_module) -> None:  # private in Lightning: see compat.OVERRIDDEN
+    def _update_metrics(self, trainer, pl_module, *args, **kwargs) -> None:  # private: see compat.OVERRIDDEN
         if not self._skip_metrics:
-            super()._update_metrics(trainer, pl_module)
+            super()._update_metrics(trainer, pl_module, *args, **kwargs)
 
     def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)

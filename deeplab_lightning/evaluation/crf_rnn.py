@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from ..models.deeplab import parameter_groups_of
 from .crf import CRFSettings, _NormalisedKernel, _pixel_features, dense_crf
 
 CLIP = inspect.signature(dense_crf).parameters["clip"].default  # dense_crf's floor of the probabilities
@@ -84,8 +85,7 @@ class WithCRF(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The network's groups, with the CRF's parameters in ``head`` (new layers)."""
-        groups = (self.net.parameter_groups() if hasattr(self.net, "parameter_groups")
-                  else {"head": [*self.net.parameters()]})
+        groups = parameter_groups_of(self.net)
         return groups | {"head": [*groups.get("head", []), *self.crf.parameters()]}
 
     def parameters_without_weight_decay(self) -> list[nn.Parameter]:

@@ -73,4 +73,7 @@ class Evaluator(nn.Module):
 
     def results(self, stage: str = "val", unrefined: bool = False) -> EvaluationResults | None:
         """The metrics of the last whole ``stage`` (``val`` or ``test``); ``unrefined``: before the dense CRF."""
+        if stage not in STAGES:
+            raise ValueError(f"No evaluation stage {stage!r}: use one of {STAGES} (before the dense CRF: "
+                             f"unrefined=True)")
         return self._results.get((stage, unrefined))

@@ -16,6 +16,23 @@ from .heads.largefov import FCHead
 from .layers import logits_conv
 
 
+def parameter_groups_of(net: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The optimizer groups ``net`` declares (``net.parameter_groups()``, see :meth:`DeepLab.parameter_groups`);
+    for a network that declares none, the same rule with its ``backbone`` attribute, if any."""
+    if hasattr(net, "parameter_groups"):
+        return net.parameter_groups()
+    backbone = getattr(net, "backbone", None)
+    return _pretrained_and_new(net, backbone if isinstance(backbone, nn.Module) else None)
+
+
+def _pretrained_and_new(net: nn.Module, backbone: nn.Module | None) -> dict[str, list[nn.Parameter]]:
+    pretrained = [*backbone.parameters()] if backbone is not None else []
+    pretrained += [p for m in net.modules() if hasattr(m, "pretrained_parameters")
+                   for p in m.pretrained_parameters()]
+    ids = {id(p) for p in pretrained}
+    return {"backbone": pretrained, "head": [p for p in net.parameters() if id(p) not in ids]}
+
+
 class DeepLab(nn.Module):
     """Base class: ``forward(images [N,3,H,W]) -> logits [N,num_classes,H,W]`` for any H, W.
 
@@ -53,11 +70,7 @@ class DeepLab(nn.Module):
         """``backbone``: the layers that start from ImageNet weights (the backbone, and the layers of any head
         that declares ``pretrained_parameters()``, V1/V2's fc6/fc7), trained at the base learning rate;
         ``head``: the layers new to DeepLab, trained at ``head_lr_mult`` times it (V1 section 4.1)."""
-        pretrained = [*self.backbone.parameters()]
-        pretrained += [p for m in self.modules() if hasattr(m, "pretrained_parameters")
-                       for p in m.pretrained_parameters()]
-        ids = {id(p) for p in pretrained}
-        return {"backbone": pretrained, "head": [p for p in self.parameters() if id(p) not in ids]}
+        return _pretrained_and_new(self, self.backbone)
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

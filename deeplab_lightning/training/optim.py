@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.deeplab import parameter_groups_of
+
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
-    """Optimizer parameter groups from the groups the network declares (``model.parameter_groups()``:
-    ``backbone`` at ``lr``, ``head`` at ``lr * head_lr_mult``; for a network that declares none, its ``backbone``
-    attribute, if any, is the backbone and the rest the head). DeepLab V1/V2 train the new classifier at 10x (V1 section 4.1: 0.001, "0.01 for the final
+    """Optimizer parameter groups from the groups the network declares (``backbone`` at ``lr``, ``head`` at
+    ``lr * head_lr_mult``; see :func:`~deeplab_lightning.models.deeplab.parameter_groups_of`). DeepLab V1/V2 train the new classifier at 10x (V1 section 4.1: 0.001, "0.01 for the final
     classifier layer").
 
     Weight decay applies to conv/linear weights only: not to BatchNorm parameters and biases, nor to depthwise
@@ -17,7 +18,7 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
     compatibility). Each group carries a ``name`` (``backbone``, ``backbone_no_decay``, ``head``,
     ``head_no_decay``); schedules scale each group's initial lr, so the ratio is kept.
     """
-    declared = model.parameter_groups() if hasattr(model, "parameter_groups") else _backbone_and_head(model)
+    declared = parameter_groups_of(model)
     no_decay = {id(p) for p in getattr(model, "parameters_without_weight_decay", list)()}
     no_decay |= {id(m.weight) for m in model.modules()
                  if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels}  # depthwise
@@ -31,13 +32,6 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
                                "lr": lr * (1.0 if part == "backbone" else head_lr_mult),
                                "weight_decay": weight_decay if decay else 0.0})
     return result
-
-
-def _backbone_and_head(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    backbone = getattr(model, "backbone", None)
-    ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-    return {"backbone": [p for p in model.parameters() if id(p) in ids],
-            "head": [p for p in model.parameters() if id(p) not in ids]}
 
 
 def build_optimizer(model: nn.Module, kind: str, *, lr: float, momentum: float, weight_decay: float,
