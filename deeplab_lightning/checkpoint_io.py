@@ -59,9 +59,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                          f"folder") from err
             raise
 
-    def load_checkpoint(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | os.PathLike, *args: Any, mmap: bool = False,
+                        **kwargs: Any) -> dict[str, Any]:
+        """Lightning's reading (``mmap``: memory-map a local file, so reading a few keys costs no copy of the
+        weights), with a bad file named."""
         try:
-            checkpoint = super().load_checkpoint(path, *args, **kwargs)
+            if mmap:
+                checkpoint = torch.load(path, *args, mmap=True, **kwargs)
+            else:
+                checkpoint = super().load_checkpoint(path, *args, **kwargs)
         except FileNotFoundError:
             raise
         except Exception as err:  # torch.load's errors name neither the file nor the problem (EOFError, KeyError)

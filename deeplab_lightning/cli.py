@@ -46,7 +46,8 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
     for callback in trainer.checkpoint_callbacks:
         if callback.best_model_path:
             best = callback.best_model_path
-            step = AtomicCheckpointIO().load_checkpoint(best, weights_only=False)["global_step"]
+            step = AtomicCheckpointIO().load_checkpoint(best, map_location="cpu", weights_only=False,
+                                                        mmap=True)["global_step"]
             score = "" if callback.best_model_score is None else (
                 f"{callback.monitor} {float(callback.best_model_score):.4f} at ")
             lines.append(f"  best checkpoint: {best} ({score}step {step})")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint_io import AtomicCheckpointIO
 from .data.dataset import image_tensor, pad_collate, smallest_eval_size
 from .data.transforms import size_pair
 from .evaluation import CRFSettings, EvaluationPipeline
@@ -19,8 +20,6 @@ from .training.module import SegmentationModule
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
     """The trained module of a checkpoint, in eval mode, without downloading anything (no pretrained weights are
     fetched: the checkpoint holds every weight). Errors name the file."""
-    from .checkpoint_io import AtomicCheckpointIO
-
     checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=False)
     accepted = inspect.signature(SegmentationModule).parameters  # LightningCLI also saves its own keys
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
@@ -82,7 +81,7 @@ class Predictor:
         training = module.training
         module.eval()
         try:
-            labels = EvaluationPipeline(settings)(module, batch).labels()[0]
+            labels = EvaluationPipeline(settings)(module, batch).labels[0]
         finally:
             module.train(training)
         return labels.to(torch.uint8).cpu().numpy()

@@ -205,7 +205,8 @@ def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_pre
         labels = model.predict(image, eval_size=canvas)
         assert labels.dtype == np.uint8 and np.array_equal(labels, from_cli)
     own_size = model.predict(images / "b.jpg", eval_size=None, scales=(0.75, 1.0), flip=True, crf=True)
-    assert own_size.shape == from_cli.shape and model.module.pipeline.settings.scales == (1.0,)  # options for that call only
+    assert own_size.shape == from_cli.shape
+    assert model.module.pipeline.settings.scales == (1.0,)  # the options were for that call only
 
     predict()  # again: a new folder, the first predictions untouched
     assert len(list((tmp_path / "predictions-2").glob("*.png"))) == 3

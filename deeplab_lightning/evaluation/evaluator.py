@@ -40,12 +40,12 @@ class Evaluator(nn.Module):
 
     def update(self, stage: str, scores: BatchScores, targets: Sequence[torch.Tensor]) -> None:
         """Count one batch: ``scores`` of each image and its labels [h_i, w_i]."""
-        pairs = [(self.final[stage], scores.final)]
+        pairs = [(self.final[stage], scores.labels)]
         if scores.unrefined is not None:
-            pairs.append((self.unrefined[stage], scores.unrefined))
-        for metrics, per_image in pairs:
-            for s, target in zip(per_image, targets):
-                metrics.update(s.argmax(0)[None], target[None])
+            pairs.append((self.unrefined[stage], [s.argmax(0) for s in scores.unrefined]))
+        for metrics, labels in pairs:
+            for pred, target in zip(labels, targets):
+                metrics.update(pred[None], target[None])
 
     def finish(self, stage: str, step: int, refined: bool, record: bool = True) -> dict[str, torch.Tensor]:
         """End the split: compute (across processes) and reset its metrics; with ``record`` keep its results

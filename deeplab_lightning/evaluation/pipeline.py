@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 import torch
@@ -83,8 +84,10 @@ class BatchScores:
     final: list[torch.Tensor]
     unrefined: list[torch.Tensor] | None = None
 
+    @cached_property
     def labels(self) -> list[torch.Tensor]:
-        """Predicted class indices [h_i, w_i] of each image."""
+        """Predicted class indices [h_i, w_i] of each image (computed once: the metrics and callbacks share
+        them)."""
         return [s.argmax(0) for s in self.final]
 
 

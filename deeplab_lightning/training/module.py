@@ -239,7 +239,7 @@ class SegmentationModule(L.LightningModule):
         loss = sum(self.loss(s[None], t[None]) for s, t in zip(scores.final, targets)) / len(targets)
         self.log(f"{stage}/loss", loss, batch_size=len(targets), sync_dist=True)
         self.guard.evaluation_loss(loss)
-        return scores.labels()
+        return scores.labels
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
         return self._evaluation_step(batch, "val")
@@ -249,7 +249,7 @@ class SegmentationModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
         """Predicted labels per image, [h_i, w_i] each (refined when the CRF is configured)."""
-        return self.pipeline(self, batch).labels()
+        return self.pipeline(self, batch).labels
 
     def _end_evaluation(self, stage: str) -> None:
         strategy = self.trainer.strategy

@@ -9,8 +9,8 @@ from ..models.deeplab import parameter_groups_of
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
     """Optimizer parameter groups from the groups the network declares (``backbone`` at ``lr``, ``head`` at
-    ``lr * head_lr_mult``; see :func:`~deeplab_lightning.models.deeplab.parameter_groups_of`). DeepLab V1/V2 train the new classifier at 10x (V1 section 4.1: 0.001, "0.01 for the final
-    classifier layer").
+    ``lr * head_lr_mult``; see :func:`~deeplab_lightning.models.deeplab.parameter_groups_of`). DeepLab V1/V2
+    train the new classifier at 10x (V1 section 4.1: 0.001, "0.01 for the final classifier layer").
 
     Weight decay applies to conv/linear weights only: not to BatchNorm parameters and biases, nor to depthwise
     conv weights (``regularize_depthwise=False`` in the TF reference's Xception and MobileNet scopes), nor to what
