@@ -34,10 +34,14 @@ def confusion_matrix_figure(confmat: torch.Tensor | np.ndarray, class_names: Seq
     return fig
 
 
+def _labels(values: Sequence[float]) -> list[str]:
+    return [f"{v:.1f}" if np.isfinite(v) else "" for v in values]
+
+
 def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -> Figure:
     """Three panels over the runs of an ablation: mIoU (one bar per evaluation variant present in ``rows``),
-    training images/s and parameters (M). ``metrics`` maps row keys to legend labels."""
-    names = [row["run"] for row in rows]
+    training images/s and parameters (M). ``metrics`` maps row keys to legend labels; a run whose ``status`` is not
+    ``done`` is named with its status and has no bars."""
     present = [k for k in metrics if any(row.get(k) is not None for row in rows)]
     y = np.arange(len(rows))
     fig = Figure(figsize=(13, 1.8 + 0.5 * len(rows)))
@@ -46,17 +50,19 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -
     for i, key in enumerate(present):
         values = [100 * row[key] if row.get(key) is not None else np.nan for row in rows]
         bars = axes[0].barh(y + (i - (len(present) - 1) / 2) * height, values, height, label=metrics[key])
-        axes[0].bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        axes[0].bar_label(bars, labels=_labels(values), fontsize=7, padding=2)
     axes[0].set_xlabel("val mIoU (%)")
-    axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
+    if present:
+        axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
     for ax, key, label in ((axes[1], "train_img_s", "train images / s"), (axes[2], "params_M", "parameters (M)")):
         values = [row.get(key) if row.get(key) is not None else np.nan for row in rows]
         bars = ax.barh(y, values, 0.6, color="tab:gray")
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.bar_label(bars, labels=_labels(values), fontsize=7, padding=2)
         ax.set_xlabel(label)
     for ax in axes:  # room for the bar labels
         ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
-    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].set_yticks(y, [f"{row['run']} ({row['status']})" if row.get("status", "done") != "done" else row["run"]
+                           for row in rows], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()

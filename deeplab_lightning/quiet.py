@@ -6,6 +6,8 @@ What is dropped, and why it is harmless here:
   to N`` (the seed is in the saved config and ``run_info.json``);
 - Lightning's ``LeafSpec`` deprecation warning (its own use of a torch API; nothing for a user to change) and
   tqdm's "IProgress not found" in notebooks without ipywidgets (progress is shown by rich, not tqdm);
+- outside a SLURM job, Lightning's hint to launch with ``srun`` (given on any machine where SLURM is installed,
+  e.g. a login node or a workstation running the ablation queue; inside a job it is kept);
 - wandb's banner and closing lines (``WANDB_SILENT``, unless set otherwise: the run folder, the sync command
   or the run's URL are printed at the end of a fit; errors still show) and its ``anonymous`` deprecation
   warning (Lightning's ``WandbLogger`` always passes the setting; :func:`drop_wandb_anonymous` removes it);
@@ -39,6 +41,8 @@ def silence_third_party_noise() -> None:
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message="IProgress not found")
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     os.environ.setdefault("WANDB_SILENT", "true")
 
 

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ LOCK_NAME = "run.lock"
 RUN_FILES = ("config.yaml", "run_info.json", LOCK_NAME)
 PATH_KEYS = ("default_root_dir", "save_dir", "dirpath", "output_dir")  # config keys that name run outputs
 ENV_RUN_DIR = "DEEPLAB_RUN_DIR"  # the chosen folder, for the processes DDP launches after this one
+ENV_OWNED_RUN_DIR = "DEEPLAB_OWNED_RUN_DIR"  # a folder whose run this fit continues, whatever it holds (ablate)
 
 
 class RunFolderBusy(RuntimeError):
@@ -41,8 +43,12 @@ def previous_run(folder: Path) -> list[str]:
 
 
 def continues_run(folder: Path, ckpt_path: str | None) -> bool:
-    """Whether a fit continues the run in ``folder``: resumes from a checkpoint inside it, or is that run's
-    SLURM job requeued, which Lightning resumes from the ``hpc_ckpt_*.ckpt`` it saved there."""
+    """Whether a fit continues the run in ``folder``: resumes from a checkpoint inside it, is that run's
+    SLURM job requeued, which Lightning resumes from the ``hpc_ckpt_*.ckpt`` it saved there, or is a run of an
+    ablation, which owns the folder (``$DEEPLAB_OWNED_RUN_DIR``, set by :mod:`deeplab_lightning.ablate`)."""
+    owned = os.environ.get(ENV_OWNED_RUN_DIR)
+    if owned and Path(owned).resolve() == folder.resolve():
+        return True
     if ckpt_path is not None and ckpt_path not in ("last", "best", "hpc", "registry"):
         return Path(ckpt_path).resolve().is_relative_to(folder.resolve())
     job = os.environ.get("SLURM_JOB_ID")
@@ -68,32 +74,76 @@ def unused_path(path: Path, folder: bool = False) -> Path:
     return next(p for p in numbered_candidates(path, folder) if not p.exists())
 
 
-def _lock_owner() -> dict[str, Any]:
+def lock_owner() -> dict[str, Any]:
+    """Who holds a lock this process takes: pid, host, SLURM job and command line."""
     return {"pid": os.getpid(), "host": platform.node(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "command": sys.argv}
 
 
-def _stale(lock: Path) -> bool:
-    """Whether ``lock`` was left by a process that no longer runs (or by this SLURM job before a requeue)."""
+def slurm_job_active(job_id: str) -> bool | None:
+    """Whether SLURM still lists job ``job_id`` (pending, running, requeued ...); None without ``squeue``."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def stale_lock(lock: Path) -> bool:
+    """Whether ``lock`` was left by a process that no longer runs: its pid is gone on this host, its SLURM job
+    is this one before a requeue, or SLURM no longer lists its job."""
     try:
         owner = json.loads(lock.read_text())
     except (OSError, ValueError):
         return False
-    job = os.environ.get("SLURM_JOB_ID")
-    if job is not None and owner.get("slurm_job_id") == job:
+    job, owner_job = os.environ.get("SLURM_JOB_ID"), owner.get("slurm_job_id")
+    if job is not None and owner_job == job:
         return True
-    return owner.get("host") == platform.node() and not process_alive(int(owner.get("pid", -1)))
+    if owner.get("host") == platform.node():
+        return not process_alive(int(owner.get("pid", -1)))
+    return owner_job is not None and slurm_job_active(owner_job) is False
 
 
-def _try_lock(folder: Path) -> bool:
-    folder.mkdir(parents=True, exist_ok=True)
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file renamed over it: readers see the old or the new text, never a
+    part (results and status files that other processes read)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def try_lock(lock: Path, owner: dict[str, Any] | None = None) -> bool:
+    """Create ``lock`` atomically holding ``owner`` (default :func:`lock_owner`); False if it exists."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:
-        json.dump(_lock_owner(), f)
+        json.dump(owner or lock_owner(), f)
     return True
+
+
+def take_lock(lock: Path, what: str, owner: dict[str, Any] | None = None) -> None:
+    """Take ``lock`` (or a stale one, see :func:`stale_lock`); raises :class:`RunFolderBusy` naming the live
+    owner and ``what`` it is writing."""
+    if try_lock(lock, owner):
+        return
+    if not stale_lock(lock):
+        raise RunFolderBusy(
+            f"Another process is writing to {what} ({lock}: {lock.read_text().strip()}). Wait for it to end; if it "
+            f"no longer runs (a killed job on another machine), delete {lock} and retry")
+    write_text_atomic(lock, json.dumps(owner or lock_owner()))
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it (a lock of another process is left alone)."""
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def claim_run_folder(folder: Path, ckpt_path: str | None) -> Path:
@@ -102,15 +152,9 @@ def claim_run_folder(folder: Path, ckpt_path: str | None) -> Path:
     written by another live process."""
     for candidate in numbered_candidates(folder, folder=True):
         if continues_run(candidate, ckpt_path):
-            lock = candidate / LOCK_NAME
-            if not _try_lock(candidate):
-                if not _stale(lock):
-                    raise RunFolderBusy(
-                        f"Another fit is writing to {candidate} ({lock}: {lock.read_text().strip()}). Wait for it "
-                        f"to end; if it no longer runs (a killed job on another machine), delete {lock} and retry")
-                lock.write_text(json.dumps(_lock_owner()))
+            take_lock(candidate / LOCK_NAME, candidate)
             return candidate
-        if not previous_run(candidate) and _try_lock(candidate):
+        if not previous_run(candidate) and try_lock(candidate / LOCK_NAME):
             if candidate != folder:
                 rank_zero_warn(f"{folder} holds another run ({', '.join(previous_run(folder)[:3])}); this run "
                                f"writes to {candidate}. To continue that run instead, pass --ckpt_path "
@@ -120,13 +164,8 @@ def claim_run_folder(folder: Path, ckpt_path: str | None) -> Path:
 
 
 def release_run_folder(folder: Path) -> None:
-    """Remove this process's lock from ``folder`` (a lock of another process is left alone)."""
-    lock = folder / LOCK_NAME
-    try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
+    """Remove this process's lock from ``folder``."""
+    release_lock(folder / LOCK_NAME)
 
 
 def relocate(config: Any, old: Path, new: Path) -> None:

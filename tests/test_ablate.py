@@ -76,7 +76,7 @@ def test_shipped_ablations_write_configs_that_parse(path, tmp_path):
     assert main([str(path), "--output-dir", str(tmp_path), "--dry-run"]) == 0
     name, overrides = ablation.runs()[0]
     config = run_config(ablation, yaml.safe_load(ablation.base.read_text()), name, overrides, tmp_path)
-    assert config["trainer"]["callbacks"][-1]["class_path"].endswith("Throughput")
+    assert [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"][-2:]] == ["Throughput", "RunStatus"]
 
 
 def test_variants_cross_the_grid(tmp_path):

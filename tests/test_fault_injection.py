@@ -114,7 +114,7 @@ def test_continuing_a_run_that_is_still_being_written_is_refused(tmp_path, toy_d
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # a live process on this machine holds the lock
         (tmp_path / "run" / "run.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
-        with pytest.raises(RunFolderBusy, match=r"Another fit is writing to .*run.lock"):
+        with pytest.raises(RunFolderBusy, match=r"Another process is writing to .*run.lock"):
             main(["fit", "--config", str(config), "--ckpt_path", str(last), "--trainer.max_steps", "3"])
     finally:
         sleeper.kill()

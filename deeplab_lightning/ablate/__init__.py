@@ -1,6 +1,16 @@
-"""``deeplab-lightning ablate FILE``: train a grid of config overrides one run after another, evaluate each
-trained model with and without multi-scale + flip and dense CRF, and compare the runs in one report (a rich
-table, ``report.csv``, ``report.md``, ``report.png`` and ``report.json``) that needs no wandb account.
+"""``deeplab-lightning ablate FILE``: train a grid of config overrides, evaluate each trained model with and
+without multi-scale + flip and dense CRF, and compare the runs in one report (a rich table, ``report.csv``,
+``report.md``, ``report.png`` and ``report.json``) that needs no wandb account.
+
+Three ways to run the grid, each writing every run to its own folder under ``output_dir``:
+
+- one run after another in this process (the default);
+- ``--gpus 0,1,2,3 [--gpus-per-run K]``: a local queue of child processes, one per group of K GPUs
+  (:mod:`.local`);
+- ``--slurm``: a SLURM job array, one task per run, and a report job after it (:mod:`.slurm`).
+
+``--run NAME`` (or ``--run-index I``) trains and evaluates one run; ``--report`` gathers the report from the
+run folders at any time, listing runs that are missing, running or failed (:mod:`.state`).
 
 An ablation file (YAML; paths relative to it)::
 
@@ -21,60 +31,94 @@ An ablation file (YAML; paths relative to it)::
       crf: {bi_xy_std: 20, bi_rgb_std: 10}               # DenseCRFRefinement arguments
 
 A dotted key that reaches a ``class_path`` entry continues in its ``init_args`` (``data.batch_size`` means
-``data.init_args.batch_size``). A finished run (its ``result.json`` beside an unchanged ``run.yaml``) is
-not trained again: rerun the command after an interruption and it continues; ``--force`` retrains all.
-``--set KEY=VALUE`` (repeatable) overrides a key in every run, after the file's ``set``.
+``data.init_args.batch_size``). A finished run (its ``result.json`` beside an unchanged ``run.yaml`` and
+``evaluate``) is not trained again, and an interrupted one continues from its own checkpoint in its own
+folder, whichever way the grid is run again; ``--force`` retrains all (earlier files are kept in each run's
+``earlier/``). ``--set KEY=VALUE`` (repeatable) overrides a key in every run, after the file's ``set``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import io
-import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from rich.console import Console
 
+from ..run_folder import RunFolderBusy, release_lock, take_lock
 from .evaluate import train_and_evaluate
+from .local import LocalQueue, gpu_groups
+from .prepare import prepare
 from .report import METRICS, MIN_THROUGHPUT_STEPS, report_columns, write_report
-from .spec import Ablation, run_dir_and_config, load_ablation, run_config, run_name, set_dotted
+from .run import run_one
+from .slurm import submit, write_scripts
+from .spec import Ablation, PlannedRun, load_ablation, plan, run_config, run_name, set_dotted
+from .state import LOCK, RunState, archive_earlier, read_state
 
 __all__ = ["Ablation", "load_ablation", "run_ablation", "run_config", "run_name", "set_dotted", "main",
-           "report_columns", "write_report", "train_and_evaluate", "METRICS"]
+           "report_columns", "write_report", "train_and_evaluate", "METRICS", "report", "plan", "PlannedRun"]
 
 
-def run_ablation(ablation: Ablation, force: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
-    """Train and evaluate every run (skipping finished ones unless ``force``), then write the report."""
+def states(ablation: Ablation) -> list[RunState]:
+    """The state of every run of ``ablation``, read from its folder."""
+    return [read_state(run.name, run.folder, run.config, ablation.evaluate) for run in plan(ablation)]
+
+
+def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Write the report from the run folders as they are now; print it and every run that is not done (why,
+    and its log). Returns the report rows and the exit status: 0 when every run is done, else 1."""
     console = console or Console()
-    base = yaml.safe_load(ablation.base.read_text())
+    runs = dict(zip((r.name for r in plan(ablation)), plan(ablation)))
+    found = states(ablation)
+    rows = [{**s.row, "status": "done"} if s.status == "done" else
+            {"run": s.name, **runs[s.name].grid_values, "status": s.status} for s in found]
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
-    runs = ablation.runs()
-    rows = []
-    for i, (name, overrides) in enumerate(runs, 1):
-        run_dir, config = run_dir_and_config(ablation, base, name, overrides)
-        config_path, result_path = run_dir / "run.yaml", run_dir / "result.json"
-        if not force and result_path.is_file() and config_path.is_file() and config_path.read_text() == config:
-            console.rule(f"[{i}/{len(runs)}] {name}: done before, reusing {result_path}")
-            rows.append(json.loads(result_path.read_text()))
-            continue
-        console.rule(f"[{i}/{len(runs)}] {name}")
-        config_path.write_text(config)
-        grid_values = {k: v for k, v in overrides.items() if k in ablation.grid}
-        row = {"run": name, **grid_values, **train_and_evaluate(ablation, config_path)}
-        result_path.write_text(json.dumps(row, indent=2, default=str))
-        rows.append(row)
-        gc.collect()
-    table = write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}")
-    console.print(table)
-    short = [r["run"] for r in rows if (r.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+    console.print(write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}"))
+    short = [r["run"] for r in rows if r["status"] == "done"
+             and (r.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
     if short:
         console.print(f"note: train img/s of {len(short)} run(s) is measured over fewer than {MIN_THROUGHPUT_STEPS} "
                       f"steps after warm-up: too short to compare speeds (raise trainer.max_steps)")
-    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}")
-    return rows
+    missing = [s for s in found if s.status != "done"]
+    for s in missing:
+        step = f" at step {s.step}/{s.max_steps}" if s.step is not None and s.max_steps else ""
+        console.print(f"{s.status}: {s.name}{step}" + (f": {s.detail}" if s.detail else "")
+                      + (f" (log: {s.log})" if s.log else ""), highlight=False, soft_wrap=True)
+    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}"
+                  + (f" ({len(missing)} of {len(found)} runs not done)" if missing else ""))
+    return rows, int(bool(missing))
+
+
+def run_ablation(ablation: Ablation, force: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every run in this process, one after another (continuing interrupted runs, skipping
+    finished ones unless ``force``), then write the report; returns its rows."""
+    console = console or Console()
+    if force:
+        restart_all(ablation)
+    runs = plan(ablation)
+    for i, run in enumerate(runs, 1):
+        state = read_state(run.name, run.folder, run.config, ablation.evaluate)
+        console.rule(f"[{i}/{len(runs)}] {run.name}" + (": done before, reusing its result" if state.status == "done"
+                                                        else f" ({state.status})" if state.status != "not started"
+                                                        else ""))
+        if state.status != "done":
+            run_one(ablation, run)
+    return report(ablation, console)[0]
+
+
+def restart_all(ablation: Ablation) -> None:
+    """``--force``: move every run's files into its ``earlier/N`` so that each trains anew."""
+    for run in plan(ablation):
+        if run.folder.is_dir():
+            take_lock(run.folder / LOCK, f"run {run.name} of ablation {ablation.name}")
+            try:
+                archive_earlier(run.folder)
+            finally:
+                release_lock(run.folder / LOCK)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -85,21 +129,105 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeplab-lightning ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="ablation YAML (see experiments/ablations/)")
-    parser.add_argument("--set", type=parse_assignment, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key in every run, after the file's set: (repeatable), "
                              "e.g. --set trainer.max_steps=20 --set data.batch_size=8")
     parser.add_argument("--output-dir", help="where runs and the report go (overrides the file's output_dir)")
-    parser.add_argument("--force", action="store_true", help="retrain runs that finished before")
-    parser.add_argument("--dry-run", action="store_true", help="write and check every run's config, train nothing")
-    args = parser.parse_args(argv)
+    parser.add_argument("--force", action="store_true", help="retrain every run (earlier files kept in earlier/)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="write and check every run's config, train nothing")
+    mode.add_argument("--gpus", metavar="LIST", help="run the grid as a local queue, one run per group of "
+                      "--gpus-per-run GPUs at a time, e.g. --gpus 0,1,2,3")
+    mode.add_argument("--slurm", action="store_true", help="submit the grid as a SLURM job array and a report job")
+    mode.add_argument("--run", metavar="NAME", help="train and evaluate the run of this name only")
+    mode.add_argument("--run-index", type=int, metavar="I", help="train and evaluate run I (from 0) only")
+    mode.add_argument("--report", action="store_true", help="write the report from the run folders as they are")
+    parser.add_argument("--gpus-per-run", type=int, default=1, metavar="K",
+                        help="GPUs of each run with --gpus or --slurm (DDP inside the run when K > 1)")
+    slurm = parser.add_argument_group("SLURM (with --slurm)")
+    slurm.add_argument("--partition", help="the partition of every job")
+    slurm.add_argument("--time", help="time limit of each run's task, e.g. 24:00:00 (it is requeued before it)")
+    slurm.add_argument("--max-parallel", type=int, metavar="N", help="at most N runs at once (%%N of --array)")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs of each task (default: the data loader's "
+                       "num_workers + 1)")
+    slurm.add_argument("--no-submit", action="store_true", help="only write the scripts")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        assignments = [parse_assignment(text) for text in args.set]
+    except argparse.ArgumentTypeError as err:
+        _parser().error(f"--set: {err}")
     ablation = load_ablation(args.file, args.output_dir)
-    ablation.set.update(dict(args.set))
+    in_grid = sorted({key for key, _ in assignments} & set(ablation.grid))
+    if in_grid:
+        _parser().error(f"--set {', '.join(in_grid)}: a grid key of {args.file} (its values are the grid's); change "
+                        f"the grid in the file instead")
+    ablation.set.update(dict(assignments))
+    console = Console()
     if args.dry_run:
         return dry_run(ablation)
-    run_ablation(ablation, force=args.force)
+    if args.report:
+        return report(ablation, console)[1]
+    if args.run is not None or args.run_index is not None:
+        return _run_single(ablation, args.run, args.run_index, console)
+    try:
+        groups = gpu_groups(args.gpus, args.gpus_per_run) if args.gpus is not None else []
+    except ValueError as err:
+        _parser().error(str(err))
+    if args.force:
+        restart_all(ablation)
+    prepare(ablation, console)
+    command = [sys.executable, "-m", "deeplab_lightning", "ablate", str(Path(args.file).resolve()),
+               "--output-dir", str(ablation.output_dir.resolve()), *(f"--set={text}" for text in args.set)]
+    if args.slurm:
+        return _slurm(ablation, args, command, console)
+    if groups:
+        queue = LocalQueue(states(ablation), groups, command, console)
+        status = queue.run()
+        return status if status > 1 else max(status, report(ablation, console)[1])
+    run_ablation(ablation, console=console)
+    return 0
+
+
+def _run_single(ablation: Ablation, name: str | None, index: int | None, console: Console) -> int:
+    runs = plan(ablation)
+    names = [r.name for r in runs]
+    if index is not None and not 0 <= index < len(runs):
+        raise ValueError(f"--run-index {index}: ablation {ablation.name} has runs 0..{len(runs) - 1}")
+    if name is not None and name not in names:
+        raise ValueError(f"--run {name!r}: ablation {ablation.name} has no such run; its runs: {', '.join(names)}")
+    run = runs[index] if index is not None else runs[names.index(name)]
+    try:
+        row = run_one(ablation, run)
+    except RunFolderBusy as err:
+        console.print(f"error: {err}", highlight=False, soft_wrap=True)
+        return 1
+    if row is not None:
+        console.print(f"{run.name}: done, mIoU {100 * row['mIoU']:.2f} ({run.folder / 'result.json'})", highlight=False)
+    return 0
+
+
+def _slurm(ablation: Ablation, args: argparse.Namespace, command: list[str], console: Console) -> int:
+    runs = plan(ablation)
+    cpus = args.cpus_per_task
+    if cpus is None:
+        data = yaml.safe_load(runs[0].config).get("data") or {}
+        cpus = int((data.get("init_args") or {}).get("num_workers") or 0) + 1
+    array, report_script = write_scripts(ablation, command, len(runs), partition=args.partition, time=args.time,
+                                         max_parallel=args.max_parallel, gpus_per_run=args.gpus_per_run,
+                                         cpus_per_task=cpus)
+    if args.no_submit:
+        console.print(f"Wrote {array} ({len(runs)} tasks) and {report_script}. Submit them with:\n"
+                      f"  id=$(sbatch --parsable {array}) && sbatch --dependency=afterany:$id {report_script}",
+                      highlight=False, soft_wrap=True)
+        return 0
+    submit(array, report_script, [*command, "--report"], console)
     return 0
 
 
@@ -109,18 +237,17 @@ def dry_run(ablation: Ablation) -> int:
     from ..cli import main as cli_main
     from ..models import create_model
 
-    base = yaml.safe_load(ablation.base.read_text())
-    for name, overrides in ablation.runs():
-        run_dir, config = run_dir_and_config(ablation, base, name, overrides)
-        path = run_dir / "run.yaml"
-        path.write_text(config)
+    for run in plan(ablation):
+        run.folder.mkdir(parents=True, exist_ok=True)
+        path = run.folder / "run.yaml"
+        path.write_text(run.config)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
                 cli_main(["fit", "--config", str(path), "--print_config"])
         except SystemExit as exit_info:
             if exit_info.code:
-                raise ValueError(f"Run {name} of ablation {ablation.name}: its config {path} does not parse "
+                raise ValueError(f"Run {run.name} of ablation {ablation.name}: its config {path} does not parse "
                                  f"(see the error above)") from None
         model = yaml.safe_load(printed.getvalue())["model"]
         try:
@@ -128,7 +255,7 @@ def dry_run(ablation: Ablation) -> int:
                 create_model(model["arch"], 21, output_stride=model["output_stride"],
                              **(model["model_kwargs"] or {}))
         except TypeError as err:
-            raise ValueError(f"Run {name} of ablation {ablation.name}: {model['arch']} cannot be built with "
+            raise ValueError(f"Run {run.name} of ablation {ablation.name}: {model['arch']} cannot be built with "
                              f"model_kwargs {model['model_kwargs']} ({err})") from None
     Console(stderr=True).print(f"{len(ablation.runs())} run configs written under {ablation.output_dir} and checked")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ..callbacks import DenseCRFRefinement, MultiScaleInference, ProgressBar, Throughput
@@ -28,11 +29,14 @@ def _validate(cli: Any, callbacks: list[L.Callback]) -> tuple[dict[str, float], 
     return {kind: r.mIoU for kind, r in results.items() if r is not None}, seconds
 
 
-def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
-    """Fit one run through the command line, then evaluate its best checkpoint; returns the report row."""
+def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | None = None) -> dict[str, Any]:
+    """Fit one run through the command line (continuing from checkpoint ``resume``), then evaluate its best
+    checkpoint on this process's device alone; returns the report row's measurements."""
     from ..cli import main
 
-    cli = main(["fit", "--config", str(config_path)])
+    cli = main(["fit", "--config", str(config_path), *(["--ckpt_path", str(resume)] if resume else [])])
+    if torch.distributed.is_initialized():  # the other DDP ranks have ended: evaluate here alone
+        torch.distributed.destroy_process_group()
     ckpt = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else None
     if ckpt:  # evaluate the best checkpoint, not the last weights
         checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt, map_location=cli.model.device, weights_only=False)
@@ -45,7 +49,7 @@ def train_and_evaluate(ablation: Ablation, config_path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
         "train_img_s": throughput.img_per_s if throughput else None,
-        "train_img_s_steps": cli.trainer.global_step - throughput.warmup_steps if throughput else None,
+        "train_img_s_steps": throughput.steps if throughput else None,
         "eval_img_s": num_val / seconds,
         "mIoU": plain["final"],
         "steps": cli.trainer.global_step,

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from ..plots import ablation_figure
+from ..run_folder import write_text_atomic
 
 MIN_THROUGHPUT_STEPS = 50  # fewer measured training steps than this: images/s are too noisy to compare runs
 METRICS = {"mIoU": "mIoU", "mIoU_ms_flip": "+MS/flip", "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
@@ -24,6 +27,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def report_columns(rows: list[dict[str, Any]], grid_keys: list[str]) -> list[tuple[str, str]]:
     """(field, header) of the report: run, grid values, mIoU variants present, speed, size."""
     columns = [("run", "run"), *((k, k.rsplit(".", 1)[-1]) for k in grid_keys)]
+    if any(r.get("status", "done") != "done" for r in rows):
+        columns.append(("status", "status"))
     columns += [(k, f"{h} (%)") for k, h in METRICS.items() if any(k in r for r in rows)]
     return columns + [("train_img_s", "train img/s"), ("eval_img_s", "eval img/s"), ("params_M", "params (M)")]
 
@@ -36,24 +41,30 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 
 def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path, title: str) -> Table:
-    """Writes report.csv, report.md, report.png and report.json; returns the rich table."""
+    """Writes report.csv, report.md, report.png and report.json (each atomically: several processes may report
+    one ablation); returns the rich table. A row whose ``status`` is not ``done`` has no measurements."""
     columns = report_columns(rows, grid_keys)
-    with open(out_dir / "report.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([k for k, _ in columns])
-        writer.writerows([[row.get(k) for k, _ in columns] for row in rows])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow([k for k, _ in columns])
+    writer.writerows([[row.get(k) for k, _ in columns] for row in rows])
+    write_text_atomic(out_dir / "report.csv", text.getvalue())
     lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k == "run" else "---:" for k, _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "report.json").write_text(json.dumps(rows, indent=2, default=str))
-    ablation_figure(rows, METRICS, title).savefig(out_dir / "report.png", dpi=120)
+    write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "report.json", json.dumps(rows, indent=2, default=str))
+    png = out_dir / f".report.{os.getpid()}.png"
+    ablation_figure(rows, METRICS, title).savefig(png, dpi=120)
+    os.replace(png, out_dir / "report.png")
     compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
     table = Table(title=title)
     longest = max((len(str(row["run"])) for row in rows), default=3)
     for key, header in compact:  # the run name is never cut: it tells the runs apart (other columns wrap)
         if key == "run":
             table.add_column(header, no_wrap=True, min_width=longest)
+        elif key == "status":
+            table.add_column(header, no_wrap=True)
         else:
             table.add_column(header, justify="right")
     for row in rows:

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import yaml
 
 ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate"}
+STATUS_FILE = "status.json"  # step and ETA of the run's fit (callbacks.RunStatus)
 
 
 @dataclass
@@ -25,6 +26,11 @@ class Ablation:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     ms_flip: dict[str, Any] | None = None
     crf: dict[str, Any] | None = None
+
+    @property
+    def evaluate(self) -> dict[str, Any]:
+        """The extra evaluations of each run, as the file states them (a result records the ones it ran)."""
+        return {"ms_flip": self.ms_flip, "crf": self.crf}
 
     def runs(self) -> list[tuple[str, dict[str, Any]]]:
         """(run name, overrides) for every variant and combination of the grid (``base`` without either)."""
@@ -110,7 +116,8 @@ def run_name(overrides: dict[str, Any]) -> str:
 
 def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: dict[str, Any],
                run_dir: Path) -> dict[str, Any]:
-    """The base config with the ablation's overrides, its outputs under ``run_dir`` and wandb grouping."""
+    """The base config with the ablation's overrides, its outputs under ``run_dir``, wandb grouping, and the
+    callbacks that measure training images/s and write the run's progress (``status.json``)."""
     config = copy.deepcopy(base)
     for key, value in {**ablation.set, **overrides}.items():
         set_dotted(config, key, value)
@@ -122,20 +129,36 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
         tags = [ablation.name, *name.split(",")]
         args.update(name=f"{ablation.name}/{name}", group=ablation.name, tags=[t[:64] for t in tags],
                     save_dir=str(run_dir))
-    callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith("Throughput")]
+    added = ("Throughput", "RunStatus")
+    callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith(added)]
     for callback in callbacks:
         if str(callback.get("class_path")).endswith("ModelCheckpoint"):
             callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
     max_steps = int(trainer.get("max_steps") or 0)
     warmup = min(5, max(max_steps // 4, 0))
     callbacks.append({"class_path": "deeplab_lightning.callbacks.Throughput", "init_args": {"warmup_steps": warmup}})
+    callbacks.append({"class_path": "deeplab_lightning.callbacks.RunStatus",
+                      "init_args": {"path": str(run_dir / STATUS_FILE)}})
     trainer["callbacks"] = callbacks
     return config
 
 
-def run_dir_and_config(ablation: Ablation, base: dict[str, Any], name: str,
-                        overrides: dict[str, Any]) -> tuple[Path, str]:
-    """The run's folder (created) and its config as YAML text."""
-    run_dir = ablation.output_dir / name.replace("/", "_")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, yaml.safe_dump(run_config(ablation, base, name, overrides, run_dir), sort_keys=False)
+@dataclass
+class PlannedRun:
+    """One run of an ablation: its name, folder, config (YAML text) and grid values."""
+
+    name: str
+    folder: Path
+    config: str
+    grid_values: dict[str, Any]
+
+
+def plan(ablation: Ablation) -> list[PlannedRun]:
+    """Every run of ``ablation`` with its folder and config (nothing is written)."""
+    base = yaml.safe_load(ablation.base.read_text())
+    runs = []
+    for name, overrides in ablation.runs():
+        folder = ablation.output_dir / name.replace("/", "_")
+        config = yaml.safe_dump(run_config(ablation, base, name, overrides, folder), sort_keys=False)
+        runs.append(PlannedRun(name, folder, config, {k: v for k, v in overrides.items() if k in ablation.grid}))
+    return runs

@@ -3,6 +3,7 @@
 - :mod:`.schedule`: the poly learning-rate schedule, and the warning when a fit has none;
 - :mod:`.progress`: the progress bar (terminal bar, or plain lines in a log file);
 - :mod:`.throughput`: training images per second;
+- :mod:`.status`: a fit's step and ETA in a JSON file other processes read;
 - :mod:`.run_safety`: a checkpoint on SIGTERM, a validation of the final weights;
 - :mod:`.reporting`: the network summary and the per-class IoU tables printed;
 - :mod:`.inference`: multi-scale + flip and dense CRF evaluation for chosen stages;
@@ -14,6 +15,7 @@ from .progress import ProgressBar
 from .reporting import IoUTable, NetworkSummary, iou_table
 from .run_safety import FinalValidation, PreemptionCheckpoint
 from .schedule import PolyLR, ScheduleCheck, poly_lr_factor
+from .status import RunStatus
 from .throughput import Throughput
 from .wandb_report import WandbReport
 from .writer import SegmentationWriter, legend, overlay
@@ -27,6 +29,7 @@ __all__ = [
     "PolyLR",
     "PreemptionCheckpoint",
     "ProgressBar",
+    "RunStatus",
     "ScheduleCheck",
     "SegmentationWriter",
     "Throughput",

@@ -15,7 +15,8 @@ def images_in(trainer: L.Trainer, batch: Any) -> int:
 
 class Throughput(L.Callback):
     """Measures training images per second over all processes, after ``warmup_steps`` and without the time
-    spent in validation; logs ``train/img_per_s`` at each validation and at the end, and keeps ``img_per_s``.
+    spent in validation (a resumed fit measures from its first step past the warm-up); logs ``train/img_per_s`` at
+    each validation and at the end, and keeps ``img_per_s`` and the number of ``steps`` measured.
 
     The clock is read (and the GPU synchronised) only at the window's ends and around validations, never
     inside a training step.
@@ -24,6 +25,7 @@ class Throughput(L.Callback):
     def __init__(self, warmup_steps: int = 5) -> None:
         self.warmup_steps = warmup_steps
         self.img_per_s: float | None = None
+        self.steps = 0  # training steps measured
         self._images, self._seconds, self._since = 0, 0.0, None
 
     @staticmethod
@@ -33,12 +35,13 @@ class Throughput(L.Callback):
         return time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup_steps and self._since is None and self._images == 0:
+        if trainer.global_step >= self.warmup_steps and self._since is None and self._images == 0:
             self._since = self._now(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._since is not None:
             self._images += images_in(trainer, batch)
+            self.steps += 1
 
     def _pause(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._since is None:

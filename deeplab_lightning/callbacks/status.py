@@ -1,0 +1,45 @@
+"""A fit's progress as a small JSON file that other processes read (the ablation queue's display, its report)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+
+from ..run_folder import write_text_atomic
+
+
+class RunStatus(L.Callback):
+    """Writes ``{"step", "max_steps", "eta_s", "updated"}`` to ``path`` (atomically, by global rank 0) at most
+    every ``every_s`` seconds while training and at its end. ``eta_s`` extrapolates the steps this process
+    trained so far (None before two of them)."""
+
+    def __init__(self, path: str, every_s: float = 2.0) -> None:
+        self.path = Path(path)
+        self.every_s = every_s
+        self._start: tuple[float, int] | None = None
+        self._written = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = (time.monotonic(), trainer.global_step)
+        self._write(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.monotonic() - self._written >= self.every_s:
+            self._write(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.monotonic()
+        step, max_steps, eta = trainer.global_step, trainer.max_steps, None
+        if self._start is not None and step - self._start[1] >= 2 and max_steps and max_steps > 0:
+            eta = (now - self._start[0]) / (step - self._start[1]) * max(max_steps - step, 0)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps({"step": step, "max_steps": max_steps, "eta_s": eta,
+                                                 "updated": time.time()}))
+        self._written = now
