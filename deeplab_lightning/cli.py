@@ -245,8 +245,8 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
     default_wandb_mode()
     silence_third_party_noise()
     argv = sys.argv
-    if args is not None:  # LightningCLI warns when sys.argv holds arguments too (pytest's, a notebook kernel's)
-        sys.argv = argv[:1]
+    if args is not None:  # parsed from sys.argv, which the processes DDP starts run again (not pytest's arguments)
+        sys.argv = [*argv[:1], *args]
     try:
         return DeepLabCLI(
             SegmentationModule,
@@ -256,7 +256,6 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
             save_config_callback=SaveRunConfig,
             trainer_defaults={"enable_model_summary": False},  # NetworkSummary instead (see quiet.py)
             parser_kwargs={"allow_abbrev": False},  # a misspelt key is an error, never a prefix match
-            args=args,
         )
     finally:
         sys.argv = argv

@@ -120,6 +120,18 @@ def test_one_run_by_hand_and_a_report_that_lists_failed_and_missing_runs(tmp_pat
     assert "--set model.output_stride: a grid key" in capsys.readouterr().err
 
 
+def test_a_run_of_two_devices_trains_with_ddp_and_rank_zero_evaluates(tmp_path, toy_dir, toy_settings, write_config):
+    """--gpus-per-run 2: the run's fit starts a second process (DDP, gloo on the CPU), which runs the same fit
+    command; rank 0 alone evaluates and writes the result."""
+    path = write_ablation(tmp_path, write_config(tmp_path / "base", toy_dir, toy_settings), max_steps=2, grid={},
+                          set={"trainer.max_steps": 2, "trainer.devices": 2, "trainer.strategy": "ddp"})
+    assert main([str(path), "--gpus", "0,1", "--gpus-per-run", "2"]) == 0
+    run = plan(load_ablation(path))[0]
+    log = (run.folder / "ablate.log").read_text()
+    assert "MEMBER: 2/2" in log and read_json(run.folder / "attempt.json")["devices"] == "0,1"
+    assert read_json(run.folder / "result.json")["steps"] == 2
+
+
 # --- SLURM ---------------------------------------------------------------------------------------------------------
 
 def slurm_up() -> bool:

@@ -1,8 +1,9 @@
 """One run of an ablation, by whichever process is given it: take the run's folder, continue its fit from the
 newest checkpoint there (or start it), evaluate it and write its result; a finished run is not trained again.
 
-Under DDP (``--gpus-per-run`` > 1) only global rank 0 owns the folder; the other ranks (started by Lightning, or
-by ``srun``) train with the checkpoint rank 0 chose and leave the evaluation to it.
+Under DDP (``--gpus-per-run`` > 1) only global rank 0 owns the folder. The other ranks train with the checkpoint
+rank 0 chose and leave the evaluation to it: those Lightning starts run rank 0's ``fit`` command line, those
+``srun`` starts (one task per GPU) wait for rank 0's attempt record.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from .spec import Ablation, PlannedRun
 from .state import (ATTEMPT, CONFIG, LOCK, RESULT, archive_earlier, end_attempt, finished_row, read_json,
                     resume_checkpoint, slurm_restart, start_attempt, write_json)
 
-ENV_RESUME = "DEEPLAB_ABLATION_RESUME"  # rank 0's checkpoint choice, for the DDP processes it starts
 WORKER_WAIT_S = 600  # how long a rank > 0 started by srun waits for rank 0 to prepare the run
 
 
@@ -45,23 +45,19 @@ def _environ(**values: str) -> Iterator[None]:
 
 
 def _worker_fit(run_dir: Path) -> None:
-    """A DDP rank > 0: train with rank 0's checkpoint choice (from the environment Lightning passes on, or,
-    under ``srun``, from the attempt rank 0 records for this SLURM job and restart)."""
+    """A DDP rank > 0 that ``srun`` started: train with the checkpoint rank 0 chose, read from the attempt it
+    records for this SLURM job and restart."""
     from ..cli import main as cli_main
 
-    resume = os.environ.get(ENV_RESUME)
-    if resume is None:
-        deadline = time.monotonic() + WORKER_WAIT_S
-        job = os.environ.get("SLURM_JOB_ID")
-        while True:
-            attempt = read_json(run_dir / ATTEMPT) or {}
-            if attempt.get("slurm_job_id") == job and attempt.get("restart") == slurm_restart():
-                resume = attempt.get("resume_from") or ""
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rank {worker_rank()} waited {WORKER_WAIT_S} s for rank 0 to start the run in "
-                                   f"{run_dir} ({ATTEMPT} of SLURM job {job})")
-            time.sleep(1)
+    deadline = time.monotonic() + WORKER_WAIT_S
+    job = os.environ.get("SLURM_JOB_ID")
+    while (attempt := read_json(run_dir / ATTEMPT) or {}).get("slurm_job_id") != job \
+            or attempt.get("restart") != slurm_restart():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {worker_rank()} waited {WORKER_WAIT_S} s for rank 0 to start the run in "
+                               f"{run_dir} ({ATTEMPT} of SLURM job {job})")
+        time.sleep(1)
+    resume = attempt.get("resume_from")
     cli_main(["fit", "--config", str(run_dir / CONFIG), *(["--ckpt_path", resume] if resume else [])])
 
 
@@ -86,7 +82,7 @@ def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
         resume = resume_checkpoint(run_dir)
         attempt = start_attempt(run_dir, resume)
         try:
-            with _environ(**{ENV_OWNED_RUN_DIR: str(run_dir.resolve()), ENV_RESUME: str(resume or "")}):
+            with _environ(**{ENV_OWNED_RUN_DIR: str(run_dir.resolve())}):
                 row = train_and_evaluate(ablation, config_path, resume)
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt) or (
