@@ -34,13 +34,14 @@ def prepare(ablation: Ablation, console: Console | None = None) -> None:
             continue
         seen.add(key)
         console.print(f"Preparing the data of {data['class_path'].rsplit('.', 1)[-1]} "
-                      f"({(data.get('init_args') or {}).get('data_dir', '')})")
+                      f"({(data.get('init_args') or {}).get('data_dir', '')})", highlight=False, soft_wrap=True)
         datamodule = _instantiate(data)
         datamodule.prepare_data()
         weights = {k: model.get(k) for k in ("arch", "pretrained_backbone", "weights", "model_kwargs")}
         weights_key = json.dumps(weights, sort_keys=True, default=str)
         if (model.get("pretrained_backbone") or model.get("weights")) and weights_key not in seen:
             seen.add(weights_key)
-            console.print(f"Reading the pretrained weights of {model.get('arch')} into the cache")
-            build_network(model["arch"], datamodule.num_classes, pretrained_backbone=bool(model.get("pretrained_backbone")),
-                          weights=model.get("weights"), model_kwargs=model.get("model_kwargs"))
+            console.print(f"Reading the pretrained weights of {model.get('arch')} into the cache", highlight=False)
+            build_network(model["arch"], datamodule.num_classes, weights=model.get("weights"),
+                          pretrained_backbone=bool(model.get("pretrained_backbone")),
+                          model_kwargs=model.get("model_kwargs"))

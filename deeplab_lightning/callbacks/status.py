@@ -15,7 +15,7 @@ class RunStatus(L.Callback):
     every ``every_s`` seconds while training and at its end. ``eta_s`` extrapolates the steps this process
     trained so far (None before two of them)."""
 
-    def __init__(self, path: str, every_s: float = 2.0) -> None:
+    def __init__(self, path: str, every_s: float = 1.0) -> None:
         self.path = Path(path)
         self.every_s = every_s
         self._start: tuple[float, int] | None = None
