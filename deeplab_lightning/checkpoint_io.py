@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     own save stages the file in the system temp folder, whose move is a copy when that is another filesystem.
     URLs (``s3://`` ...) fall back to Lightning's writer.
 
-    Reading a file that is empty, truncated or not a checkpoint raises a ``ValueError`` naming the file.
-    The ``deeplab-lightning`` command installs this plugin unless another checkpoint IO plugin is configured.
+    Reading unpickles tensors and plain Python values only (``weights_only=True``, whatever the caller asks): a
+    checkpoint that holds other objects could run code when loaded, and is refused as unsafe, naming them. A
+    file that is empty, truncated or not a checkpoint raises a ``ValueError`` naming the file. The
+    ``deeplab-lightning`` command installs this plugin unless another checkpoint IO plugin is configured.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
@@ -59,26 +62,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                          f"folder") from err
             raise
 
-    def load_checkpoint(self, path: str | os.PathLike, *args: Any, mmap: bool = False,
-                        **kwargs: Any) -> dict[str, Any]:
-        """Lightning's reading (``mmap``: memory-map a local file, so reading a few keys costs no copy of the
-        weights), with a bad file named."""
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: Any = None,
+                        mmap: bool = False) -> dict[str, Any]:
+        """Lightning's reading, weights only (``weights_only`` is accepted for Lightning's signature and ignored;
+        ``mmap``: memory-map a local file, so reading a few keys costs no copy of the weights), with a bad or
+        unsafe file named."""
         try:
             if mmap:
-                checkpoint = torch.load(path, *args, mmap=True, **kwargs)
+                checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
             else:
-                checkpoint = super().load_checkpoint(path, *args, **kwargs)
+                checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise
+        except pickle.UnpicklingError as err:
+            if "weights only load failed" not in str(err).lower():
+                raise _unreadable(path, err) from err
+            found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err)))) or ["?"]
+            raise ValueError(f"Checkpoint {path} is unsafe: besides weights it holds Python objects "
+                             f"({', '.join(found)}) whose loading can run code, so "
+                             f"it is not loaded. Only load it if you trust its author: in Python, "
+                             f"torch.load(path, weights_only=False), then save just its 'state_dict'") from None
         except Exception as err:  # torch.load's errors name neither the file nor the problem (EOFError, KeyError)
-            size = os.path.getsize(path) if os.path.isfile(path) else None
-            what = "is empty (0 bytes)" if size == 0 else f"is not a readable PyTorch checkpoint ({err!r})"
-            raise ValueError(f"Checkpoint {path} {what}: it may be truncated or another kind of file. Use "
-                             f"another checkpoint of the run (last.ckpt or best.ckpt)") from err
+            raise _unreadable(path, err) from err
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ValueError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'); pass a "
                              f"checkpoint written by deeplab-lightning fit")
         return checkpoint
+
+
+def _unreadable(path: str | os.PathLike, err: Exception) -> ValueError:
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    what = "is empty (0 bytes)" if size == 0 else f"is not a readable PyTorch checkpoint ({err!r})"
+    return ValueError(f"Checkpoint {path} {what}: it may be truncated or another kind of file. Use another "
+                      f"checkpoint of the run (last.ckpt or best.ckpt)")
 
 
 def install_atomic_checkpoint_io(strategy: Any) -> None:

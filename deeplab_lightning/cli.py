@@ -15,14 +15,16 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
-from .callbacks import FinalValidation, NetworkSummary, PreemptionCheckpoint, ScheduleCheck, SegmentationWriter
+from .callbacks import (CurrentLastCheckpoint, FinalValidation, NetworkSummary, PreemptionCheckpoint, ScheduleCheck,
+                        SegmentationWriter)
 from .checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
 from .compat import check_private_api
 from .data.base import SegmentationDataModule
 from .experiment import derive_run_paths, standard_callbacks
 from .training import SegmentationModule
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
-from .run_folder import ENV_RUN_DIR, claim_run_folder, relocate, release_run_folder, unused_path
+from .run_folder import (ENV_RUN_DIR, claim_run_folder, latest_last_checkpoint, relocate, release_run_folder,
+                         unused_path)
 from .run_info import run_info
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
@@ -46,13 +48,14 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
     for callback in trainer.checkpoint_callbacks:
         if callback.best_model_path:
             best = callback.best_model_path
-            step = AtomicCheckpointIO().load_checkpoint(best, map_location="cpu", weights_only=False,
-                                                        mmap=True)["global_step"]
+            step = AtomicCheckpointIO().load_checkpoint(best, map_location="cpu", mmap=True)["global_step"]
             score = "" if callback.best_model_score is None else (
                 f"{callback.monitor} {float(callback.best_model_score):.4f} at ")
             lines.append(f"  best checkpoint: {best} ({score}step {step})")
-        if callback.last_model_path:
-            lines.append(f"  last checkpoint: {callback.last_model_path} (step {trainer.global_step})")
+        if callback.last_model_path and Path(callback.last_model_path).is_file():
+            step = AtomicCheckpointIO().load_checkpoint(callback.last_model_path, map_location="cpu",
+                                                        mmap=True)["global_step"]
+            lines.append(f"  last checkpoint: {callback.last_model_path} (step {step})")
     for callback in trainer.callbacks:
         if isinstance(callback, SaveRunConfig) and callback.saved_to is not None:
             lines.append(f"  config: {callback.saved_to}")
@@ -171,6 +174,8 @@ class DeepLabCLI(LightningCLI):
         root = config.trainer.default_root_dir
         if root is None:
             return
+        if config.ckpt_path == "last":  # the run this config wrote last, continued in its folder
+            config.ckpt_path = str(latest_last_checkpoint(Path(root)))
         if rank_zero_only.rank == 0:
             self.run_dir = claim_run_folder(Path(root), config.ckpt_path)
             os.environ[ENV_RUN_DIR] = str(self.run_dir)  # inherited by the processes DDP starts
@@ -212,7 +217,8 @@ class DeepLabCLI(LightningCLI):
         for logger in trainer.loggers:
             drop_wandb_anonymous(logger)
         if self.subcommand == "fit":
-            trainer.callbacks[:0] = [PreemptionCheckpoint(), FinalValidation(), NetworkSummary(), ScheduleCheck()]
+            trainer.callbacks[:0] = [PreemptionCheckpoint(), FinalValidation(), CurrentLastCheckpoint(),
+                                     NetworkSummary(), ScheduleCheck()]
         if self.subcommand == "predict":
             self._configure_writers(trainer)
         return trainer

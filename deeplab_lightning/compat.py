@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 # Private methods overridden by deeplab_lightning: {class: {name: (its leading parameter names, reason)}}.
@@ -34,6 +34,11 @@ OVERRIDDEN: dict[type, dict[str, tuple[tuple[str, ...], str]]] = {
 # Private methods called by deeplab_lightning, in the same form (the parameters it passes; each call through a
 # function below).
 CALLED: dict[type, dict[str, tuple[tuple[str, ...], str]]] = {
+    ModelCheckpoint: {
+        "_monitor_candidates": (("trainer",), "save_last_checkpoint: the metrics last.ckpt's name may use"),
+        "_save_last_checkpoint": (("trainer", "monitor_candidates"),
+                                  "save_last_checkpoint: last.ckpt after every validation (callbacks.run_safety)"),
+    },
     RichProgressBar: {
         "_update": (("progress_bar_id", "current"),
                     "set_bar_position: a step-based bar starts each epoch at the global step"),
@@ -110,3 +115,18 @@ def wandb_init_kwargs(logger: Any) -> dict[str, Any] | None:
     Reason: WandbLogger keeps them privately; quiet.drop_wandb_anonymous removes a setting wandb warns about."""
     init = getattr(logger, "_wandb_init", None)
     return init if isinstance(init, dict) else None
+
+
+def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> bool:
+    """Write ``callback``'s ``last.ckpt`` now unless it saved a checkpoint at this global step; returns whether
+    it wrote one.
+    Reason: Lightning 2.6 writes ``last.ckpt`` only at a validation that also writes a top-k checkpoint, so on a
+    plateau it holds an old step; a resumed run would repeat the steps since."""
+    try:
+        if not callback.save_last or callback._last_global_step_saved == trainer.global_step:
+            return False
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+    except AttributeError as err:
+        raise _changed(f"ModelCheckpoint's last-checkpoint methods moved ({err}); last.ckpt is written after "
+                       f"every validation with them") from err
+    return True

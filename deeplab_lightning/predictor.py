@@ -20,7 +20,7 @@ from .training.module import SegmentationModule
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
     """The trained module of a checkpoint, in eval mode, without downloading anything (no pretrained weights are
     fetched: the checkpoint holds every weight). Errors name the file."""
-    checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=False)
+    checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location=map_location)
     accepted = inspect.signature(SegmentationModule).parameters  # LightningCLI also saves its own keys
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
     with architectures_only():

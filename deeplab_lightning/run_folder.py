@@ -60,6 +60,20 @@ def continues_run(folder: Path, ckpt_path: str | None) -> bool:
         return False
 
 
+def latest_last_checkpoint(folder: Path) -> Path:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of the run in ``folder`` or its ``-2``, ``-3`` ... siblings;
+    raises naming the folder when there is none (Lightning would warn and train from step 0)."""
+    found = []
+    for candidate in numbered_candidates(folder, folder=True):
+        if not candidate.is_dir():
+            break
+        found += candidate.rglob("last.ckpt")
+    if not found:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt in {folder} or its numbered siblings; pass the "
+                                f"checkpoint's path, or leave --ckpt_path out to start a new run")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
 def numbered_candidates(path: Path, folder: bool = False) -> Iterator[Path]:
     """``path``, then ``<stem>-2<suffix>``, ``<stem>-3<suffix>`` ... without end; for a ``folder`` the number
     follows the whole name (``<name>-2`` ...)."""

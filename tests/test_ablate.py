@@ -50,6 +50,16 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
     assert main([str(path), "--set", "data.batch_size=4"]) == 0  # finished runs are reused, not retrained
     assert capsys.readouterr().out.count("done before") == 2
 
+    from deeplab_lightning.ablate import states
+
+    ablation = load_ablation(path)
+    ablation.set["data.batch_size"] = 4
+    ablation.crf = {"iterations": 3}  # other evaluations: the results are not reused
+    assert [s.status for s in states(ablation)] == ["outdated", "outdated"]
+    (out / names[0] / "result.json").write_text('{"run": "image_po')  # a truncated result is not a result
+    assert main([str(path), "--set", "data.batch_size=4", "--report"]) == 1
+    assert f"outdated: {names[0]}: its result.json is unreadable" in capsys.readouterr().out
+
 
 def test_ablation_file_errors_name_the_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"

@@ -215,7 +215,7 @@ def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_pre
     assert (out / "b.png").stat().st_mtime_ns == written
     predict("--output_dir", str(out), "--overwrite", "true")
     assert (out / "b.png").stat().st_mtime_ns > written
-    with pytest.raises(FileExistsError, match=r"folder of the input images"):
+    with pytest.raises(FileExistsError, match=r"a folder of input images"):
         predict("--output_dir", str(images))
     assert sorted(p.name for p in images.iterdir()) == ["a.jpg", "a.png", "b.jpg", "notes.txt"]
 

@@ -50,3 +50,23 @@ def test_torchscript_and_exported_programs_take_any_size(tmp_path, fmt):
         x = images(*size)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), net(x), atol=1e-4, rtol=0)
+
+
+def test_export_refuses_a_wrong_suffix_its_own_checkpoint_and_leaves_no_file_when_it_fails(tmp_path, capsys):
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("cannot trace this")
+
+    with pytest.raises(ValueError, match=r"a torchscript file is named \*.pt .*name it y.pt"):
+        export_network(torch.nn.Identity(), tmp_path / "y.onnx", "torchscript")
+    with pytest.raises(RuntimeError, match="cannot trace this"):
+        export_network(Fails(), tmp_path / "z.pt", "torchscript")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    for args, message in ((["--output", str(ckpt)], "is the checkpoint being exported"),
+                          (["--overwrite", "on"], "expected true or false, got 'on'")):
+        with pytest.raises(SystemExit):
+            export_main(["--ckpt_path", str(ckpt), *args])
+        assert message in capsys.readouterr().err
+    assert ckpt.read_bytes() == b"weights"

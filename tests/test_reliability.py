@@ -153,3 +153,111 @@ def test_training_steps_copy_nothing_to_the_host(toy_dir, toy_settings, monkeypa
     assert trainer.global_step == 6
     # One read per step in the window, of one scalar flag (is the loss finite?); nothing else.
     assert [(name, dtype, dim) for name, dtype, dim, _ in reads] == [("__bool__", torch.bool, 0)] * 3, reads
+
+
+def test_ids_are_names_and_predictions_never_land_in_an_input_folder(tmp_path):
+    """A split list's id cannot lead a prediction out of its folder; overlays never go into a folder of inputs."""
+    from deeplab_lightning.callbacks import SegmentationWriter
+    from deeplab_lightning.data.dataset import Sample
+    from deeplab_lightning.data.voc import read_split
+
+    lists = tmp_path / "train.txt"
+    lists.write_text("2007_000032\n../../../escape\n")
+    with pytest.raises(ValueError, match=r"train.txt line 2: '../../../escape' is a path"):
+        read_split(lists)
+    out = tmp_path / "p" / "a" / "b" / "c"
+    writer = SegmentationWriter(str(out))
+    image = tmp_path / "x.jpg"
+    with pytest.raises(ValueError, match=r"'../../../escape' would write .*escape.png, outside the output folder"):
+        writer.check_outputs([Sample("../../../escape", image, None)])
+    inputs = tmp_path / "X"
+    (inputs / "overlays").mkdir(parents=True)
+    writer = SegmentationWriter(str(inputs))  # overlays would go to X/overlays, where the inputs are
+    with pytest.raises(FileExistsError, match=r"into .*X/overlays, a folder of input images"):
+        writer.check_outputs([Sample("photo", inputs / "overlays" / "photo.jpg", None)])
+    assert list((inputs / "overlays").iterdir()) == []
+
+
+def test_last_checkpoint_holds_the_latest_validation_on_a_plateau(tmp_path, toy_dir, toy_settings, write_config,
+                                                                  capsys):
+    """With nothing learnt (lr 0, BatchNorm statistics kept) val/mIoU never improves after step 2, so Lightning alone would leave last.ckpt at
+    step 2; a resumed run would train steps 3-6 again."""
+    config = write_config(tmp_path / "run", toy_dir, toy_settings, max_steps=6)
+    main(["fit", "--config", str(config), "--model.lr", "0", "--model.bn_momentum", "0",
+          "--trainer.val_check_interval", "2"])
+    folder = tmp_path / "run" / "ckpt"
+    assert torch.load(folder / "best.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+    assert f"last checkpoint: {folder / 'last.ckpt'} (step 6)" in capsys.readouterr().out
+
+
+def test_resume_with_last_continues_the_run_and_a_changed_learning_rate_is_refused(tmp_path, toy_dir, toy_settings,
+                                                                                   write_config):
+    config = write_config(tmp_path / "run", toy_dir, toy_settings, max_steps=2)
+    main(["fit", "--config", str(config)])
+    last = tmp_path / "run" / "ckpt" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"model.lr=0.01\), but the config sets model.lr=0.5"):
+        main(["fit", "--config", str(config), "--ckpt_path", str(last), "--model.lr", "0.5"])
+    main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3  # continued, same folder
+    assert not (tmp_path / "run-2" / "ckpt").exists()
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last.ckpt in .*elsewhere"):
+        main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.default_root_dir",
+              str(tmp_path / "elsewhere")])
+
+
+def test_a_validation_split_without_labelled_pixels_is_an_error_not_a_nan_score(tmp_path, toy_settings, write_config):
+    import numpy as np
+    from PIL import Image
+
+    from deeplab_lightning.data import generate_toy_voc
+
+    root = tmp_path / "toy"
+    voc = generate_toy_voc(root, **toy_settings)
+    for line in (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split():
+        label = voc / "SegmentationClass" / f"{line}.png"
+        Image.fromarray(np.full_like(np.array(Image.open(label)), 255)).save(label)
+    config = write_config(tmp_path / "run", root, toy_settings)
+    with pytest.raises(ValueError, match=r"The val split has no labelled pixel: every label is the ignore index 255"):
+        main(["validate", "--config", str(config)])
+
+
+def test_a_second_predict_into_a_folder_being_written_is_refused(tmp_path):
+    """The lock is taken before the outputs are checked, so two predictions started together never both pass."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from deeplab_lightning.callbacks import SegmentationWriter
+    from deeplab_lightning.run_folder import RunFolderBusy
+
+    out = tmp_path / "p"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live predict process holds the folder
+        (out / "predict.lock").write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename}))
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        with pytest.raises(RunFolderBusy, match=r"Another process is writing to the predictions in .*p"):
+            SegmentationWriter(str(out)).setup(trainer, None, "predict")
+    finally:
+        other.kill()
+        other.wait()
+    writer = SegmentationWriter(str(out))  # once it has ended, its lock is taken over and released after
+    writer.setup(trainer, None, "predict")
+    assert json.loads((out / "predict.lock").read_text())["pid"] == os.getpid()
+    writer.teardown(trainer, None, "predict")
+    assert not (out / "predict.lock").exists()
+
+
+@pytest.mark.parametrize("weights,batch_size", [([0.0] * 6, 2), ([1.0, float("nan"), 1, 1, 1, 1], 2), (None, 0)])
+def test_class_weights_and_batch_sizes_that_cannot_train_are_named(tmp_path, toy_dir, toy_settings, write_config,
+                                                                   weights, batch_size):
+    config = write_config(tmp_path / "run", toy_dir, toy_settings)
+    args = ["fit", "--config", str(config), "--data.init_args.batch_size", str(batch_size)]
+    if weights is not None:
+        args += ["--model.class_weights", str(weights).replace("nan", ".nan")]
+    expected = r"model.class_weights needs 6 finite, non-negative weights" if weights else \
+        r"data.batch_size must be a positive number of images, got 0"
+    with pytest.raises(ValueError, match=expected):
+        main(args)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import sys
 from pathlib import Path
@@ -60,22 +61,22 @@ from .spec import Ablation, PlannedRun, load_ablation, plan, run_config, run_nam
 from .state import LOCK, RunState, archive_earlier, read_state
 
 __all__ = ["Ablation", "load_ablation", "run_ablation", "run_config", "run_name", "set_dotted", "main",
-           "report_columns", "write_report", "train_and_evaluate", "METRICS", "report", "plan", "PlannedRun"]
+           "report_columns", "write_report", "train_and_evaluate", "METRICS", "report", "plan", "PlannedRun", "states"]
 
 
-def states(ablation: Ablation) -> list[RunState]:
-    """The state of every run of ``ablation``, read from its folder."""
-    return [read_state(run.name, run.folder, run.config, ablation.evaluate) for run in plan(ablation)]
+def states(ablation: Ablation, runs: list[PlannedRun] | None = None) -> list[RunState]:
+    """The state of every run of ``ablation`` (or of ``runs``), read from its folder."""
+    return [read_state(run.name, run.folder, run.config, ablation.evaluate) for run in runs or plan(ablation)]
 
 
 def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dict[str, Any]], int]:
     """Write the report from the run folders as they are now; print it and every run that is not done (why,
     and its log). Returns the report rows and the exit status: 0 when every run is done, else 1."""
     console = console or Console()
-    runs = dict(zip((r.name for r in plan(ablation)), plan(ablation)))
-    found = states(ablation)
+    runs = plan(ablation)
+    found = states(ablation, runs)
     rows = [{**s.row, "status": "done"} if s.status == "done" else
-            {"run": s.name, **runs[s.name].grid_values, "status": s.status} for s in found]
+            {"run": s.name, **run.grid_values, "status": s.status} for s, run in zip(found, runs)]
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
     console.print(write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}"))
     short = [r["run"] for r in rows if r["status"] == "done"
@@ -85,7 +86,7 @@ def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dic
                       f"steps after warm-up: too short to compare speeds (raise trainer.max_steps)")
     missing = [s for s in found if s.status != "done"]
     for s in missing:
-        step = f" at step {s.step}/{s.max_steps}" if s.step is not None and s.max_steps else ""
+        step = f" at step {s.step}/{s.max_steps}" if s.status in ("running", "interrupted") and s.max_steps else ""
         console.print(f"{s.status}: {s.name}{step}" + (f": {s.detail}" if s.detail else "")
                       + (f" (log: {s.log})" if s.log else ""), highlight=False, soft_wrap=True)
     console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}"
@@ -100,13 +101,13 @@ def run_ablation(ablation: Ablation, force: bool = False, console: Console | Non
     if force:
         restart_all(ablation)
     runs = plan(ablation)
-    for i, run in enumerate(runs, 1):
-        state = read_state(run.name, run.folder, run.config, ablation.evaluate)
-        console.rule(f"[{i}/{len(runs)}] {run.name}" + (": done before, reusing its result" if state.status == "done"
-                                                        else f" ({state.status})" if state.status != "not started"
-                                                        else ""))
-        if state.status != "done":
-            run_one(ablation, run)
+    for i, (run, state) in enumerate(zip(runs, states(ablation, runs)), 1):
+        if state.status == "done":
+            console.rule(f"[{i}/{len(runs)}] {run.name}: done before, reusing its result")
+            continue
+        console.rule(f"[{i}/{len(runs)}] {run.name}" + ("" if state.status == "not started" else f" ({state.status})"))
+        run_one(ablation, run)
+        gc.collect()  # the finished run's model, data and trainer before the next
     return report(ablation, console)[0]
 
 

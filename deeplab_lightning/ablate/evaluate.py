@@ -39,7 +39,7 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
         torch.distributed.destroy_process_group()
     ckpt = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else None
     if ckpt:  # evaluate the best checkpoint, not the last weights
-        checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt, map_location=cli.model.device, weights_only=False)
+        checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt, map_location=cli.model.device)
         cli.model.load_state_dict(checkpoint["state_dict"])
     if isinstance(cli.trainer.logger, WandbLogger):
         cli.trainer.logger.experiment.finish()  # the next run starts its own wandb run

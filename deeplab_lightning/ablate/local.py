@@ -49,10 +49,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the queue process dies
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec (only a C call: the queue has threads): SIGTERM when the queue dies."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _clock(seconds: float | None) -> str:
@@ -95,7 +98,8 @@ class LocalQueue:
                       f"(CUDA_VISIBLE_DEVICES={devices}) ===\n")
             out.flush()
             process = subprocess.Popen([*self.command, "--run", name], stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                       preexec_fn=_die_with_parent)
         self.children[name] = Child(name, process, devices, time.monotonic())
         state.status, state.log, state.detail = "running", str(log), f"GPUs {devices}"
         self._say(f"started {name} on CUDA_VISIBLE_DEVICES={devices} (log: {log})")
@@ -112,10 +116,10 @@ class LocalQueue:
         stopped = self.stopping is not None or code in (-signal.SIGTERM, 128 + signal.SIGTERM)
         state.status = self.outcome[child.name] = "interrupted" if stopped else "failed"
         attempt = read_json(state.folder / ATTEMPT) or {}
-        if not stopped and attempt.get("outcome") is None:  # killed before it could record why
-            end_attempt(state.folder, attempt, "failed", f"exit code {code}")
-        state.detail = "resumable: rerun the ablation" if stopped else \
-            str((read_json(state.folder / ATTEMPT) or {}).get("error") or f"exit code {code}")
+        if not stopped and attempt.get("outcome") != "failed":  # killed before it could record why
+            attempt = {**attempt, "outcome": "failed", "error": f"exit code {code}"}
+            end_attempt(state.folder, attempt, "failed", attempt["error"])
+        state.detail = "resumable: rerun the ablation" if stopped else str(attempt.get("error"))
         self._say(f"{state.status} {child.name}: {state.detail} (log: {state.log})")
 
     def _say(self, message: str) -> None:

@@ -119,6 +119,8 @@ def read_state(name: str, folder: Path, config: str, evaluate: dict[str, Any]) -
         state.eta_s = progress.get("eta_s")
     elif attempt.get("outcome") == "failed":
         state.status, state.detail = "failed", str(attempt.get("error"))
+    elif (folder / RESULT).exists() and read_json(folder / RESULT) is None:
+        state.status, state.detail = "outdated", f"its {RESULT} is unreadable: trains again"
     elif attempt.get("outcome") == "done" or (folder / RESULT).exists():
         state.status, state.detail = "outdated", "finished under another config or evaluate: trains again"
     elif attempt:  # stopped by a signal, or killed (its lock left behind)

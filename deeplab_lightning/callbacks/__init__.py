@@ -4,7 +4,8 @@
 - :mod:`.progress`: the progress bar (terminal bar, or plain lines in a log file);
 - :mod:`.throughput`: training images per second;
 - :mod:`.status`: a fit's step and ETA in a JSON file other processes read;
-- :mod:`.run_safety`: a checkpoint on SIGTERM, a validation of the final weights;
+- :mod:`.run_safety`: a checkpoint on SIGTERM, ``last.ckpt`` after every validation, a validation of the final
+  weights;
 - :mod:`.reporting`: the network summary and the per-class IoU tables printed;
 - :mod:`.inference`: multi-scale + flip and dense CRF evaluation for chosen stages;
 - :mod:`.writer`: prediction PNGs and overlays;
@@ -13,7 +14,7 @@
 from .inference import DenseCRFRefinement, MultiScaleInference
 from .progress import ProgressBar
 from .reporting import IoUTable, NetworkSummary, iou_table
-from .run_safety import FinalValidation, PreemptionCheckpoint
+from .run_safety import CurrentLastCheckpoint, FinalValidation, PreemptionCheckpoint
 from .schedule import PolyLR, ScheduleCheck, poly_lr_factor
 from .status import RunStatus
 from .throughput import Throughput
@@ -21,6 +22,7 @@ from .wandb_report import WandbReport
 from .writer import SegmentationWriter, legend, overlay
 
 __all__ = [
+    "CurrentLastCheckpoint",
     "DenseCRFRefinement",
     "FinalValidation",
     "IoUTable",

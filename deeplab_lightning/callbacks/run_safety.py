@@ -1,4 +1,5 @@
-"""Callbacks that keep a fit's outcome safe: a checkpoint on SIGTERM, a validation of the final weights."""
+"""Callbacks that keep a fit's outcome safe: a checkpoint on SIGTERM, ``last.ckpt`` after every validation, a
+validation of the final weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ..compat import save_last_checkpoint
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -39,3 +42,29 @@ class FinalValidation(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class CurrentLastCheckpoint(L.Callback):
+    """Keeps every ``ModelCheckpoint(save_last=True)``'s ``last.ckpt`` the state of the latest validation of a fit:
+    Lightning writes it only when a validation also writes a top-k checkpoint (a new best), so on a plateau it
+    would hold an old step and a resumed run would train those steps again. Lightning runs checkpoint callbacks
+    after the others, so the catch-up happens when the next step starts, or when training ends. The command adds
+    this callback to every fit."""
+
+    def __init__(self) -> None:
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = trainer.state.fn == "fit" and not trainer.sanity_checking
+
+    def _catch_up(self, trainer: L.Trainer) -> None:
+        if self._validated:
+            self._validated = False
+            for callback in trainer.checkpoint_callbacks:
+                save_last_checkpoint(callback, trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._catch_up(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._catch_up(trainer)

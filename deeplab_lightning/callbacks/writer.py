@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 
 from ..data.classes import flat_palette, voc_palette
+from ..run_folder import release_lock, take_lock
 
 
 def legend(labels: np.ndarray, names: Sequence[str], palette: np.ndarray, width: int) -> np.ndarray:
@@ -52,14 +53,17 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     return np.concatenate([pair, legend(labels, names, palette, pair.shape[1])], axis=0)
 
 
+LOCK = "predict.lock"  # held while a predict command writes into the folder
+
 class SegmentationWriter(BasePredictionWriter):
     """Writes each prediction of ``predict`` as ``<output_dir>/<id>.png`` (a palette PNG of class indices, in
     the data module's palette) and ``<output_dir>/overlays/<id>.jpg`` (image | coloured overlay, with a legend of
     the classes present).
 
-    Nothing is overwritten: before the first image it refuses (naming the files) an ``output_dir`` that holds an
-    input image or label file, two images that would write the same file, and files already there from an
-    earlier prediction unless ``overwrite`` is set.
+    Nothing is overwritten: before the first image it refuses (naming the files) to write into a folder of input
+    images or outside ``output_dir`` (an id that is a path), two images that would write the same file, and files
+    already there from an earlier prediction unless ``overwrite`` is set. One ``predict`` at a time writes into a
+    folder (``predict.lock``): a second one started meanwhile is refused, naming the first.
     """
 
     def __init__(self, output_dir: str = "predictions", overlays: bool = True, alpha: float = 0.5,
@@ -79,13 +83,18 @@ class SegmentationWriter(BasePredictionWriter):
         """Raise, before anything is written, if writing ``samples`` (with ``id``, ``image``, ``mask``) would
         replace an input, another prediction of this run, or (without ``overwrite``) an earlier one."""
         inputs = {Path(p).resolve() for s in samples for p in (s.image, s.mask) if p is not None}
-        if self.output_dir.resolve() in {p.parent for p in inputs}:
-            raise FileExistsError(f"Output folder {self.output_dir} is the folder of the input images: choose "
-                                  f"another --output_dir (predictions must never mix with or replace inputs)")
+        input_folders, root = {p.parent for p in inputs}, self.output_dir.resolve()
         planned: dict[Path, str] = {}
         for s in samples:
             for path in self.outputs(s.id):
                 path = path.resolve()
+                if not path.is_relative_to(root):
+                    raise ValueError(f"Image id {s.id!r} would write {path}, outside the output folder "
+                                     f"{self.output_dir}: ids are names, not paths; fix the split list")
+                if path.parent in input_folders:
+                    raise FileExistsError(f"Predictions would be written into {path.parent}, a folder of input "
+                                          f"images: choose another --output_dir (predictions must never mix with "
+                                          f"or replace inputs)")
                 if path in inputs:
                     raise FileExistsError(f"Prediction {path} would replace an input file: choose another "
                                           f"--output_dir")
@@ -102,8 +111,24 @@ class SegmentationWriter(BasePredictionWriter):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if stage == "predict" and trainer.is_global_zero and hasattr(datamodule, "samples"):
-            self.check_outputs(datamodule.samples(datamodule.test_split))
+        if stage != "predict" or not trainer.is_global_zero:
+            return
+        samples = datamodule.samples(datamodule.test_split) if hasattr(datamodule, "samples") else None
+        if samples is not None:  # before the lock file: the folder may be one of inputs
+            self.check_outputs(samples)
+        take_lock(self.output_dir / LOCK, f"the predictions in {self.output_dir}")  # one writer at a time
+        try:
+            if samples is not None:  # again: another predict may have written here meanwhile
+                self.check_outputs(samples)
+        except BaseException:
+            release_lock(self.output_dir / LOCK)
+            raise
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        release_lock(self.output_dir / LOCK)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        release_lock(self.output_dir / LOCK)
 
     @rank_zero_only
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -76,6 +76,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.crop_size = size_pair(crop_size)
         self.scale_range = scale_range
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name} must be a positive number of images, got {value!r}")
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.eval_size = eval_size if eval_size in ("auto", None) else size_pair(eval_size, "eval_size")

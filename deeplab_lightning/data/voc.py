@@ -32,7 +32,8 @@ def check_voc_root(data_dir: Path) -> Path:
 
 def read_split(list_file: Path, unique: bool = True) -> list[str]:
     """Ids listed in a split file, one per line (blank lines skipped); raises if the file is missing, lists
-    nothing, or (``unique``) lists an id twice: a repeated image would count twice in the metric."""
+    nothing, lists a path instead of a name (outputs named by ids must stay in their folder) or (``unique``)
+    lists an id twice: a repeated image would count twice in the metric."""
     if not list_file.is_file():
         available = sorted(p.stem for p in list_file.parent.glob("*.txt"))
         raise FileNotFoundError(f"Split list {list_file} does not exist (available splits: {available})")
@@ -41,6 +42,9 @@ def read_split(list_file: Path, unique: bool = True) -> list[str]:
         if not line.strip():
             continue
         sid = line.split()[0]
+        if "/" in sid or "\\" in sid or sid in (".", ".."):
+            raise ValueError(f"Split list {list_file} line {number}: {sid!r} is a path; a split list names image "
+                             f"ids (file names without folder or extension), one per line")
         if unique and sid in first_line:
             raise ValueError(f"Split list {list_file} lists id {sid!r} twice (lines {first_line[sid]} and "
                              f"{number}); remove the repeated line")

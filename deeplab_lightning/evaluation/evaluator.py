@@ -64,6 +64,11 @@ class Evaluator(nn.Module):
         metrics.reset()
         if not record:
             return {}
+        if int(values["confmat"].sum()) == 0:
+            raise ValueError(f"The {stage} split has no labelled pixel: every label is the ignore index "
+                             f"{metrics.ignore_index}, so its mIoU is undefined. Check its label files "
+                             f"(deeplab-lightning check-data --config ... shows the class shares) or the data "
+                             f"module's ignore_index and label map")
         prefix = f"{stage}/unrefined" if unrefined else stage
         self._results[(stage, unrefined)] = EvaluationResults(
             mIoU=float(values["mIoU"]), pixel_acc=float(values["pixel_acc"]), iou=values["iou"].cpu(),

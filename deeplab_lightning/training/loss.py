@@ -1,6 +1,7 @@
 """The training loss: pixel-wise cross-entropy, optionally class-weighted or over the hardest pixels only."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,9 +16,10 @@ class SegmentationLoss(nn.Module):
     def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
                  top_k_percent_pixels: float = 1.0) -> None:
         super().__init__()
-        if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) < 0):
-            raise ValueError(f"model.class_weights needs {num_classes} non-negative weights (one per class), got "
-                             f"{list(class_weights)}")
+        if class_weights is not None and (len(class_weights) != num_classes or not all(
+                math.isfinite(w) and w >= 0 for w in class_weights) or not any(w > 0 for w in class_weights)):
+            raise ValueError(f"model.class_weights needs {num_classes} finite, non-negative weights (one per class, "
+                             f"at least one above 0), got {list(class_weights)}")
         if not 0 < top_k_percent_pixels <= 1:
             raise ValueError(f"model.top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
         self.ignore_index, self.top_k_percent_pixels = ignore_index, top_k_percent_pixels

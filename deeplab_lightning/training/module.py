@@ -27,6 +27,8 @@ from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
 
 
+OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "head_lr_mult", "optimizer")  # restored on resume
+
 class SegmentationModule(L.LightningModule):
     """Trains any net mapping images [N,3,H,W] to logits [N,C,H,W] with pixel-wise cross-entropy.
 
@@ -275,7 +277,9 @@ class SegmentationModule(L.LightningModule):
         checkpoint["skipped_steps"] = self.guard.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another architecture or number of classes, naming both."""
+        """Refuse a checkpoint of another architecture or number of classes, and a resumed fit whose optimizer
+        settings differ from the saved ones (the restored optimizer would silently keep the saved ones), naming
+        both values."""
         self.guard.skipped_steps = checkpoint.get("skipped_steps", 0)
         self._checkpoint_step = checkpoint.get("global_step")
         saved = checkpoint.get("hyper_parameters", {})
@@ -283,3 +287,11 @@ class SegmentationModule(L.LightningModule):
             if key in saved and key in self.hparams and saved[key] != self.hparams[key]:
                 raise ValueError(f"The checkpoint was trained with {key}={saved[key]!r} but the config builds "
                                  f"{key}={self.hparams[key]!r}; use the checkpoint's {key} or another checkpoint")
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # a resumed fit restores its optimizer
+            for key in OPTIMIZER_SETTINGS:
+                if key in saved and key in self.hparams and saved[key] != self.hparams[key]:
+                    raise ValueError(
+                        f"A resumed fit continues the saved optimizer and learning-rate schedule (model.{key}="
+                        f"{saved[key]!r}), but the config sets model.{key}={self.hparams[key]!r}. Resume with "
+                        f"model.{key} {saved[key]!r}, or start a new fit from these weights with "
+                        f"--model.init_checkpoint instead of --ckpt_path")

@@ -66,7 +66,7 @@ def _network(arch: str | nn.Module, num_classes: int, output_stride: int | None,
 def load_network_weights(net: nn.Module, path: str) -> None:
     """The network weights of a checkpoint (``net.`` keys of its state dict); those of a network without the
     trainable CRF go into the network under it (the CRF keeps its initial parameters)."""
-    state = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")["state_dict"]
     weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     has_crf = any(k.startswith("crf.") for k in weights)
     target = net.net if isinstance(net, WithCRF) and not has_crf else net
