@@ -57,8 +57,9 @@ class Predictor:
     @torch.no_grad()
     def predict(self, image: str | Path | Image.Image | np.ndarray | torch.Tensor, *,
                 eval_size: int | tuple[int, int] | Literal["auto"] | None = "auto", **inference: Any) -> np.ndarray:
-        """Class indices uint8 [H, W] of one RGB image (a path, PIL image, uint8 array [H, W, 3] or tensor
-        [3, H, W]; values 0-255) at its own size.
+        """Class indices uint8 [H, W] of one RGB image (a path, PIL image, array [H, W, 3] or tensor [3, H, W];
+        uint8 0-255, or values whose scale is unambiguous: see :func:`~deeplab_lightning.data.dataset.to_uint8`)
+        at its own size.
 
         ``eval_size``: the canvas the image is padded to with the mean pixel (``"auto"``: the smallest 16k+1
         holding it; ``None``: the image's own size). ``deeplab-lightning predict`` pads every image of a folder

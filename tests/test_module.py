@@ -148,7 +148,7 @@ def test_class_weights_and_hardest_pixels_give_the_defined_losses():
     assert torch.allclose(tiny_module(class_weights=weights).loss(logits, mask), expected)
     hardest = per_pixel.flatten().topk(int(0.25 * per_pixel.numel())).values  # TF's top_k_percent_pixels
     assert torch.allclose(tiny_module(top_k_percent_pixels=0.25).loss(logits, mask), hardest.mean())
-    with pytest.raises(ValueError, match="class_weights needs 6 non-negative weights"):
+    with pytest.raises(ValueError, match="class_weights needs 6 finite, non-negative weights"):
         tiny_module(class_weights=[1.0, 2.0])
 
 

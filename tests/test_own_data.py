@@ -77,3 +77,17 @@ def test_overlay_legend_shows_the_classes_present_in_their_colours():
     strip = {tuple(p) for p in shown[40:].reshape(-1, 3)}
     assert {tuple(palette[c]) for c in (0, 1, 3)} <= strip  # a swatch per class present
     assert tuple(palette[2]) not in strip and tuple(palette[4]) not in strip  # none for absent classes
+
+
+@pytest.mark.parametrize("text,message", [
+    ("names: [background, cat\n", r"classes.yaml is not valid YAML"),
+    ("names: [background, cat]\npalette: [[0, 0, 0], [300, 0, 0]]\n", r"each value an integer 0-255"),
+    ("names: [background, cat, cat]\n", r"name 'cat' more than once"),
+])
+def test_a_bad_class_file_is_named_with_what_is_wrong(tmp_path, text, message):
+    from deeplab_lightning.data.folder import read_classes
+
+    path = tmp_path / "classes.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_classes(str(path))

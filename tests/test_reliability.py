@@ -261,3 +261,36 @@ def test_class_weights_and_batch_sizes_that_cannot_train_are_named(tmp_path, toy
         r"data.batch_size must be a positive number of images, got 0"
     with pytest.raises(ValueError, match=expected):
         main(args)
+
+
+def test_image_inputs_are_converted_only_where_their_scale_is_unambiguous(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from deeplab_lightning.data.dataset import image_tensor, read_image
+
+    rgb = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(image_tensor(rgb.float() / 255), rgb)  # torchvision's [0, 1] floats
+    assert torch.equal(image_tensor(rgb.to(torch.int64) * 257), rgb)  # 16-bit: the high bits
+    assert torch.equal(image_tensor(rgb.double()), rgb)  # floats holding 0-255
+    assert torch.equal(image_tensor(rgb.permute(1, 2, 0).numpy().astype(np.float32) / 255), rgb)
+    for bad, message in ((rgb.bool(), "bool are not an image"), (rgb.to(torch.complex64), "complex"),
+                         (rgb.float() - 300, r"pixel values -\d+\.\.-\d+ fit neither"), (rgb.permute(1, 2, 0), "image.permute")):
+        with pytest.raises(ValueError, match=message):
+            image_tensor(bad)
+    gray = np.arange(0, 240, 2, dtype=np.uint16).reshape(8, 15)  # a 16-bit PNG holding 8-bit values
+    Image.fromarray(gray).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    assert torch.equal(read_image(tmp_path / "g16.png")[0], torch.from_numpy(gray.astype(np.uint8)))
+    floats = Image.fromarray((gray / 255).astype(np.float32))  # PIL mode F, in [0, 1]
+    assert floats.mode == "F"
+    assert torch.equal(image_tensor(floats)[1], torch.from_numpy(gray.astype(np.uint8)))
+
+
+def test_a_training_split_smaller_than_one_batch_is_refused_naming_both_numbers(tmp_path, toy_dir, toy_settings,
+                                                                                write_config):
+    config = write_config(tmp_path / "run", toy_dir, toy_settings)  # 16 training images
+    with pytest.raises(ValueError, match=r"The train split has 16 images, fewer than one batch \(data.batch_size "
+                                         r"32\).*at most 16"):
+        main(["fit", "--config", str(config), "--data.init_args.batch_size", "32"])
+    assert not list((tmp_path / "run").rglob("*.ckpt"))

@@ -143,6 +143,10 @@ class SegmentationDataModule(L.LightningDataModule):
         world_size, rank = self._process_group()
         if train:
             batch_size = per_process_batch(self.batch_size, world_size)
+            if len(dataset) < self.batch_size:  # every batch is full (drop_last): not one step would train
+                raise ValueError(f"The {split} split has {len(dataset)} images, fewer than one batch "
+                                 f"(data.batch_size {self.batch_size}): nothing would train. Lower "
+                                 f"data.batch_size to at most {len(dataset)}, or add images")
             sampler = self._train_sampler(dataset, batch_size)
             canvas = self.crop_size
         else:

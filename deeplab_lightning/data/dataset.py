@@ -25,14 +25,38 @@ class Sample:
     mask: Path | None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """uint8 [H, W, 3]. 16-bit grayscale keeps its 8 high bits (PIL's ``convert`` would clip every value
-    above 255 to white); palette, grayscale and RGBA images are converted (RGBA drops alpha)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        gray = np.array(img, dtype=np.int64)
-        if gray.min() < 0 or gray.max() > 65535:
-            raise ValueError(f"32-bit image values {gray.min()}..{gray.max()} do not fit 16 bits")
-        return np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=2)
+def to_uint8(values: np.ndarray, what: str) -> np.ndarray:
+    """Pixel values as uint8 where their scale is unambiguous: integers within 0-255 as they are; floats within
+    [0, 1] times 255 (torchvision's convention), floats within [0, 255] as they are (rounded); 16-bit values
+    above 255 by their 8 high bits. Raises, naming ``what`` and the range found, for anything else (bool,
+    complex, negative or larger values)."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == bool or np.iscomplexobj(values) or not np.issubdtype(values.dtype, np.number):
+        raise ValueError(f"{what}: pixel values of type {values.dtype} are not an image; give uint8 RGB (0-255)")
+    if values.size == 0:
+        return values.astype(np.uint8)
+    low, high = float(np.min(values)), float(np.max(values))
+    floating = np.issubdtype(values.dtype, np.floating)
+    if floating and not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{what}: the pixel values are not all finite")
+    if low >= 0 and high <= 1 and floating:
+        return np.rint(values * 255).astype(np.uint8)
+    if low >= 0 and high <= 255:
+        return np.rint(values).astype(np.uint8) if floating else values.astype(np.uint8)
+    if not floating and low >= 0 and high <= 65535:
+        return (values.astype(np.int64) >> 8).astype(np.uint8)
+    raise ValueError(f"{what}: pixel values {low:g}..{high:g} fit neither 0-255, [0, 1] nor 16 bits; give uint8 "
+                     f"RGB (0-255)")
+
+
+def _to_rgb(img: Image.Image, what: str = "image") -> np.ndarray:
+    """uint8 [H, W, 3]. Grayscale of more than 8 bits (modes I;16, I, F) is scaled by :func:`to_uint8` (PIL's
+    ``convert`` would clip every value above 255 to white); palette, grayscale and RGBA images are converted
+    (RGBA drops alpha)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = to_uint8(np.array(img), what)
+        return np.repeat(gray[..., None], 3, axis=2)
     return np.array(img.convert("RGB"))
 
 
@@ -54,7 +78,7 @@ def read_image(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb = _to_rgb(ImageOps.exif_transpose(img), str(path))
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
@@ -65,20 +89,28 @@ TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap height and
 
 
 def image_tensor(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """RGB uint8 [3, H, W] from a file path (as :func:`read_image`), a PIL image, an array [H, W, 3] or [H, W]
-    (uint8, RGB), or a tensor [3, H, W]."""
+    """RGB uint8 [3, H, W] from a file path (as :func:`read_image`), a PIL image, an array [H, W, 3] or [H, W], or
+    a tensor [3, H, W]; values of another type are converted where their scale is unambiguous (see
+    :func:`to_uint8`: floats in [0, 1] are scaled by 255) and refused otherwise, naming the shape or range."""
     if isinstance(image, (str, Path)):
         return read_image(Path(image))
     if isinstance(image, Image.Image):
         return torch.from_numpy(_to_rgb(image)).permute(2, 0, 1).contiguous()
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"Expected an image tensor [3, H, W], got shape {list(image.shape)}"
+                             + (" (channels last: pass image.permute(2, 0, 1))" if image.ndim == 3
+                                and image.shape[-1] == 3 else ""))
+        if image.dtype == torch.uint8:
+            return image
+        return torch.from_numpy(to_uint8(image.detach().cpu().numpy(), "image tensor")).to(image.device)
     if isinstance(image, np.ndarray):
         array = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(f"Expected a uint8 RGB array [H, W, 3] or [H, W], got {array.dtype} {image.shape}")
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"Expected an RGB array [H, W, 3] or [H, W], got shape {list(image.shape)}")
+        array = to_uint8(array, "image array")
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
-        return image
-    raise TypeError(f"Expected a path, PIL image, uint8 array [H, W, 3] or tensor [3, H, W], got {type(image)}")
+    raise TypeError(f"Expected a path, PIL image, RGB array [H, W, 3] or tensor [3, H, W], got {type(image)}")
 
 
 def image_size(path: Path) -> tuple[int, int]:

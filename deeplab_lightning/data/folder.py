@@ -56,15 +56,26 @@ def read_classes(classes: Sequence[str] | str) -> tuple[list[str], list[tuple[in
         if not path.is_file():
             raise FileNotFoundError(f"Class file {path} (data.init_args.classes) does not exist; give a YAML/JSON "
                                     f"file with names: [...] (and optionally palette: [[r, g, b], ...]) or a list")
-        spec = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        try:
+            spec = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        except (ValueError, yaml.YAMLError) as err:
+            raise ValueError(f"Class file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                             f"{' '.join(str(err).split())}") from None
         spec = {"names": spec} if isinstance(spec, list) else spec
         if not isinstance(spec, dict) or not isinstance(spec.get("names"), list) or not spec["names"]:
             raise ValueError(f"Class file {path} must hold a list of class names or names: [...]")
         names, palette = spec["names"], spec.get("palette")
     else:
         names, palette = list(classes), None
-    if palette is not None and (len(palette) != len(names) or any(len(c) != 3 for c in palette)):
-        raise ValueError(f"The palette of {classes} must give one [r, g, b] per class ({len(names)})")
+    if palette is not None and (len(palette) != len(names) or any(
+            not isinstance(c, (list, tuple)) or len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in palette)):
+        raise ValueError(f"The palette of {classes} must give one [r, g, b] per class ({len(names)}), each value "
+                         f"an integer 0-255")
+    repeated = sorted({str(n) for n in names if [str(m) for m in names].count(str(n)) > 1})
+    if repeated:
+        raise ValueError(f"The classes of {classes} name {', '.join(map(repr, repeated))} more than once: each class "
+                         f"needs its own name (reports and wandb tell classes apart by name)")
     return [str(n) for n in names], None if palette is None else [tuple(int(v) for v in c) for c in palette]
 
 
