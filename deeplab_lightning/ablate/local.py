@@ -78,6 +78,8 @@ class LocalQueue:
     def __init__(self, states: list[RunState], groups: list[str], command: list[str], console: Console) -> None:
         self.states = {s.name: s for s in states}
         self.pending = [s.name for s in states if s.status not in ("done", "running")]
+        for name in self.pending:
+            self.states[name].status = "queued"
         self.groups, self.command, self.console = groups, command, console
         self.children: dict[str, Child] = {}
         self.outcome: dict[str, str] = {}  # name -> "done" / "failed" / "interrupted" for runs of this queue
