@@ -108,3 +108,11 @@ def test_msc_max_fuses_the_scales_and_trains_on_every_output():
     expected = sum(module.loss(o, batch["mask"]) for o in outputs)
     assert torch.allclose(module.training_step(batch, 0), expected)
     assert torch.equal(module(images), outputs[0])  # evaluation sees the fused logits
+
+
+@pytest.mark.parametrize("window", [0, (0, 513), (-1, -1)])
+def test_a_window_that_is_not_a_size_is_named(window):
+    from deeplab_lightning.callbacks import MultiScaleInference
+
+    with pytest.raises(ValueError, match=r"window must be a positive size in pixels"):
+        MultiScaleInference(window=window)

@@ -20,6 +20,7 @@ class _ConfigureInference(L.Callback):
 
     def __init__(self, stages: Sequence[str], **changes) -> None:
         _check_stages(type(self).__name__, stages)
+        Inference().replace(**changes)  # a bad setting fails here, named, not at the first evaluation
         self.stages, self.changes = tuple(stages), changes
         self._previous: Inference | None = None
 

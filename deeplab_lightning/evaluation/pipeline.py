@@ -47,6 +47,10 @@ class Inference:
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive and at least one, got {self.scales}")
+        if self.window is not None and (len(self.window) != 2 or any(
+                not isinstance(v, int) or v < 1 for v in self.window)):
+            raise ValueError(f"window must be a positive size in pixels (an int or [height, width]) or null, got "
+                             f"{self.window}")
         check_overlap(self.overlap)
 
     @property
