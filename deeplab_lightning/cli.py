@@ -78,9 +78,13 @@ class SaveRunConfig(SaveConfigCallback):
     """A fit writes its resolved ``config.yaml`` and ``run_info.json`` (git commit, package versions, command
     line) to the run folder (a resumed fit adds ``config-2.yaml`` ..., never replacing the first); every command
     sends the resolved config and the run info to the logger (the wandb run's config), so every run can be
-    traced and compared by any setting. Evaluation and prediction write no files here."""
+    traced and compared by any setting. Evaluation and prediction write no files here. A fit that fails before
+    its first training step (a refused resume, a data error) removes the two files it wrote: they describe no
+    training."""
 
     saved_to: Path | None = None  # the config file this fit wrote
+    _written: tuple[Path, ...] = ()
+    _trained = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -91,10 +95,21 @@ class SaveRunConfig(SaveConfigCallback):
                 Path(log_dir).mkdir(parents=True, exist_ok=True)
                 self.saved_to = unused_path(Path(log_dir) / self.config_filename)
                 self.parser.save(self.config, self.saved_to, skip_none=False, multifile=self.multifile)
-                unused_path(Path(log_dir) / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+                info = unused_path(Path(log_dir) / "run_info.json")
+                info.write_text(json.dumps(run_info(), indent=2))
+                self._written = (self.saved_to, info)
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._trained = True
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not self._trained and not trainer.received_sigterm:
+            for path in self._written:
+                path.unlink(missing_ok=True)
+            self.saved_to, self._written = None, ()
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.logger is not None:

@@ -198,6 +198,7 @@ def test_resume_with_last_continues_the_run_and_a_changed_learning_rate_is_refus
     last = tmp_path / "run" / "ckpt" / "last.ckpt"
     with pytest.raises(ValueError, match=r"model.lr=0.01\), but the config sets model.lr=0.5"):
         main(["fit", "--config", str(config), "--ckpt_path", str(last), "--model.lr", "0.5"])
+    assert not (tmp_path / "run" / "config-2.yaml").exists()  # the refused resume left nothing behind
     main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3  # continued, same folder
     assert not (tmp_path / "run-2" / "ckpt").exists()
