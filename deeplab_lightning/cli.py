@@ -231,9 +231,9 @@ class DeepLabCLI(LightningCLI):
         install_atomic_checkpoint_io(trainer.strategy)
         for logger in trainer.loggers:
             drop_wandb_anonymous(logger)
+        trainer.callbacks.insert(0, PreemptionCheckpoint())
         if self.subcommand == "fit":
-            trainer.callbacks[:0] = [PreemptionCheckpoint(), FinalValidation(), CurrentLastCheckpoint(),
-                                     NetworkSummary(), ScheduleCheck()]
+            trainer.callbacks[1:1] = [FinalValidation(), CurrentLastCheckpoint(), NetworkSummary(), ScheduleCheck()]
         if self.subcommand == "predict":
             self._configure_writers(trainer)
         return trainer

@@ -122,3 +122,26 @@ def test_continuing_a_run_that_is_still_being_written_is_refused(tmp_path, toy_d
     # the holder is gone (a killed run): its lock is stale and the run continues
     cli = main(["fit", "--config", str(config), "--ckpt_path", str(last), "--trainer.max_steps", "3"])
     assert cli.run_dir == tmp_path / "run" and cli.trainer.global_step == 3
+
+
+def test_sigterm_stops_validate_after_the_current_batch_with_status_143(tmp_path, toy_dir, toy_settings, write_config,
+                                                                        monkeypatch):
+    """A real SIGTERM to this process during the first validation batch (Lightning's handler receives it)."""
+    import signal as signals
+
+    from deeplab_lightning.module import SegmentationModule
+
+    step = SegmentationModule.validation_step
+    seen = []
+
+    def signalled(module, batch, batch_idx):
+        seen.append(batch_idx)
+        if batch_idx == 0:
+            os.kill(os.getpid(), signals.SIGTERM)
+        return step(module, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "validation_step", signalled)
+    config = write_config(tmp_path / "run", toy_dir, toy_settings)
+    with pytest.raises(SystemExit) as stopped:
+        main(["validate", "--config", str(config), "--data.init_args.val_batch_size", "1"])
+    assert stopped.value.code == 143 and seen == [0]  # 6 validation images: stopped after the first

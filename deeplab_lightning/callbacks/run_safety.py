@@ -17,13 +17,28 @@ class PreemptionCheckpoint(L.Callback):
     resumable ``last.ckpt`` in the checkpoint folder before the process ends (the ``deeplab-lightning``
     command then exits with status 143, not 0). Lightning stops at the end of the current step; the checkpoint
     is that step's, written atomically. Under SLURM, Lightning's own requeue (``--signal=SIGUSR1@120``, see
-    ``scripts/slurm_fit.sbatch``) saves ``hpc_ckpt_N.ckpt`` and resumes from it. The command adds this callback
-    to every fit."""
+    ``scripts/slurm_fit.sbatch``) saves ``hpc_ckpt_N.ckpt`` and resumes from it. ``validate``, ``test`` and
+    ``predict`` stop after the current batch (status 143, nothing saved). The command adds this callback to every
+    subcommand."""
 
     @staticmethod
     def checkpoint_path(trainer: L.Trainer) -> Path:
         checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
         return Path(checkpoint.dirpath if checkpoint is not None else trainer.default_root_dir) / "last.ckpt"
+
+    def _stop_evaluation(self, trainer: L.Trainer) -> None:
+        # Lightning stops only a fit at SIGTERM; validate, test and predict would run to their end and exit 0.
+        if trainer.received_sigterm and trainer.state.fn != "fit":
+            raise SIGTERMException()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_evaluation(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_evaluation(trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_evaluation(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit" or not (isinstance(exception, SIGTERMException) or trainer.received_sigterm):
