@@ -46,7 +46,7 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
     columns = []
     for split in splits:
         try:
-            dataset = datamodule.dataset(split)
+            dataset = datamodule.dataset(split, cached=False)  # the files themselves
         except (OSError, ValueError) as err:  # a missing or malformed split list: report it, check the rest
             all_problems.append(f"split {split!r}: {err}")
             continue

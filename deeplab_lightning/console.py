@@ -1,5 +1,5 @@
-"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data``, ``ablate`` and
-``export``."""
+"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data``, ``cache``, ``ablate``
+and ``export``."""
 from __future__ import annotations
 
 import sys
@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "test": "evaluate a checkpoint on the test split, with the config's multi-scale / flip / CRF",
     "predict": "write predicted label PNGs and overlays for a split or an image folder",
     "check-data": "open every file of a config's dataset; print class shares and every problem",
+    "cache": "decode a config's splits once into stores that training reads without decoding",
     "ablate": "train and compare a grid of variants from one YAML (table, CSV, JSON, plots)",
     "export": "write a checkpoint's network as ONNX, TorchScript or a torch.export program",
 }
@@ -42,6 +43,10 @@ def console_main() -> None:
         from .check_data import main as check_data_main
 
         sys.exit(check_data_main(args[1:]))
+    if args[0] == "cache":
+        from .cache_data import main as cache_main
+
+        sys.exit(cache_main(args[1:]))
     if args[0] == "ablate":
         from .ablate import main as ablate_main
 

@@ -70,7 +70,7 @@ def test_train_batches_are_padded_to_the_crop_with_the_networks_mean_pixel_and_i
     sample = dm.dataset("train", train=True)[0]
     assert sample["image"].dtype == torch.uint8 and max(sample["image"].shape[-2:]) <= 40
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (2, 3, 96, 96) and batch["mask"].dtype == torch.long and batch["padded"]
+    assert batch["image"].shape == (2, 3, 96, 96) and batch["mask"].dtype == torch.uint8 and batch["padded"]
     # Images of 64-80 px scaled by 0.5 are smaller than the crop: the rest of the crop is padding, whose label
     # is void (never a class) and whose pixels become the network's mean pixel (0 after its normalisation).
     module = SegmentationModule(arch, num_classes=len(TOY_CLASSES), model_kwargs={"aspp_channels": 8})
@@ -90,7 +90,7 @@ def test_eval_samples_keep_full_resolution(toy_dir, toy_settings):
     for i in range(3):
         sample = ds[i]
         labels = np.array(Image.open(root / "SegmentationClass" / f"{sample['id']}.png"))
-        assert torch.equal(sample["mask"], torch.from_numpy(labels).long())
+        assert torch.equal(sample["mask"], torch.from_numpy(labels))
         assert sample["size"] == labels.shape
 
 
@@ -140,43 +140,93 @@ def test_truncated_image_names_the_file(tmp_path):
     assert read_image(gray).shape == (3, 4, 5)  # grayscale (and RGBA) images are converted to RGB
 
 
-def test_random_scale_resizes_masks_with_nearest_neighbour():
-    from torchvision import tv_tensors
+def _smooth_image(h: int, w: int, seed: int) -> np.ndarray:
+    """uint8 [h, w, 3]: noise blurred over a few pixels (photo-like gradients, no aliasing-prone edges)."""
+    noise = torch.rand(1, 3, max(2, h // 4), max(2, w // 4), generator=torch.Generator().manual_seed(seed))
+    image = torch.nn.functional.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)
+    return (image[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
-    from deeplab_lightning.data.transforms import RandomScale, train_transform
 
-    labels = torch.zeros(40, 60, dtype=torch.uint8)
+def _scale_then_crop(image: np.ndarray, labels: np.ndarray, window) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: scale the whole image (bilinear without antialiasing; labels nearest-exact, in integers:
+    torch's float32 rounds ties either way), crop, flip."""
+    from torch.nn.functional import interpolate
+
+    scaled = interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=window.scaled,
+                         mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    (h, w), (sh, sw) = labels.shape, window.scaled
+    scaled_labels = labels[(2 * np.arange(sh) + 1) * h // (2 * sh)][:, (2 * np.arange(sw) + 1) * w // (2 * sw)]
+    rows, cols = slice(window.top, window.top + window.height), slice(window.left, window.left + window.width)
+    image_crop, label_crop = scaled[rows, cols], scaled_labels[rows, cols]
+    if window.flip:
+        image_crop, label_crop = image_crop[:, ::-1], label_crop[:, ::-1]
+    return image_crop, label_crop
+
+
+@pytest.mark.parametrize("size", [(120, 170), (40, 60), (375, 500)])
+def test_crop_window_first_gives_the_crops_of_scale_then_crop(size):
+    """Fixed seeds: each crop computed from its window equals the crop of the whole scaled image (image within
+    the bilinear resampler's rounding, labels exactly), at scales below and above 1, flipped or not, and when
+    the scaled image is smaller than the crop (then kept whole)."""
+    from deeplab_lightning.data.transforms import RandomScaleCrop
+
+    h, w = size
+    image = _smooth_image(h, w, seed=h)
+    labels = (np.arange(h)[:, None] // 7 * 3 + np.arange(w)[None] // 5).astype(np.uint8) % 21
+    labels[:3] = 255
+    transform = RandomScaleCrop(64, (0.5, 2.0))
+    seen = set()
+    for seed in range(40):
+        window = transform.draw((h, w), torch.Generator().manual_seed(seed))
+        out_image, out_labels = window.resample_image(image), window.resample_labels(labels)
+        ref_image, ref_labels = _scale_then_crop(image, labels, window)
+        assert out_image.shape == (*ref_labels.shape, 3) and out_image.dtype == np.uint8
+        assert np.abs(out_image.astype(float) - ref_image).max() <= 1.5
+        assert np.array_equal(out_labels, ref_labels)
+        seen.add((window.scaled[0] < h, window.flip, (window.height, window.width) == window.scaled))
+    assert {(True, True), (True, False), (False, True), (False, False)} <= {k[:2] for k in seen}
+    assert any(whole for *_, whole in seen) == (max(h, w) * 0.5 < 64)  # scaled within the crop: kept whole
+
+
+def test_random_scale_crop_draws_scales_crops_and_flips():
+    from deeplab_lightning.data.transforms import RandomScaleCrop
+
+    labels = np.zeros((40, 60), np.uint8)
     labels[10:30, 20:50] = 3
     labels[0:2] = 255
-    image = tv_tensors.Image(torch.randint(0, 255, (3, 40, 60), dtype=torch.uint8))
-    mask = tv_tensors.Mask(labels)
-    sizes = set()
-    for _ in range(20):
-        out_image, out_mask = RandomScale((0.5, 2.0))(image, mask)
-        assert out_image.shape[-2:] == out_mask.shape
-        assert 20 <= out_mask.shape[0] <= 80
-        assert set(out_mask.unique().tolist()) <= {0, 3, 255}  # no interpolated label values
-        sizes.add(out_mask.shape[0])
-    assert len(sizes) > 5
-    out_image, out_mask = train_transform(32, (1.0, 1.0))(image, mask)
-    assert out_image.shape == (3, 32, 32) and out_mask.shape == (32, 32)
+    image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    scaled = set()
+    for seed in range(30):
+        window = RandomScaleCrop(1000, (0.5, 2.0)).draw((40, 60), torch.Generator().manual_seed(seed))
+        out_image, out_labels = window.resample_image(image), window.resample_labels(labels)
+        assert out_image.shape[:2] == out_labels.shape == window.scaled and 20 <= out_labels.shape[0] <= 80
+        assert set(np.unique(out_labels).tolist()) <= {0, 3, 255}  # no interpolated label values
+        scaled.add(window.scaled[0])
+    assert len(scaled) > 5
+    out_image, out_labels = RandomScaleCrop(32, (1.0, 1.0))(image, labels)
+    assert out_image.shape == (32, 32, 3) and out_labels.shape == (32, 32)
+    steps = RandomScaleCrop(8, (0.5, 2.0), scale_step=0.25)
+    assert steps.scales == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    drawn = {steps.draw((40, 60), torch.Generator().manual_seed(s)).scaled for s in range(60)}
+    assert drawn == {(round(40 * k), round(60 * k)) for k in steps.scales}  # every step, nothing between
     with pytest.raises(ValueError, match="scale_range"):
-        RandomScale((2.0, 0.5))
+        RandomScaleCrop(8, (2.0, 0.5))
+    with pytest.raises(ValueError, match="scale_step 0.4"):
+        RandomScaleCrop(8, (0.5, 2.0), scale_step=0.4)
 
 
 @pytest.mark.parametrize("scale", [0.55, 0.7, 1.3])
 def test_random_scale_keeps_labels_on_the_image_pixels(scale):
     """A horizontal ramp as image and as labels (x): after scaling, each label must be, on average, the x of
     the image pixel it sits on (torchvision's floor-rule mask resize was 0.35-0.85 source pixels off here)."""
-    from torchvision import tv_tensors
+    from deeplab_lightning.data.transforms import RandomScaleCrop
 
-    from deeplab_lightning.data.transforms import RandomScale
-
-    x = torch.arange(200, dtype=torch.uint8).expand(4, 200)
-    image = tv_tensors.Image(x.float().expand(3, 4, 200).contiguous())
-    image, mask = RandomScale((scale, scale))(image, tv_tensors.Mask(x))
-    offset = mask.float() - image[0]  # [h, w]; the border columns see the antialias filter's edge
-    assert abs(offset[:, 4:-4].mean().item()) <= 0.1
+    x = np.broadcast_to(np.arange(200, dtype=np.uint8), (4, 200))
+    image = np.ascontiguousarray(np.repeat(x[..., None], 3, axis=2))
+    for seed in range(4):  # flipped and not
+        image_crop, labels = RandomScaleCrop(1000, (scale, scale))(image, x, torch.Generator().manual_seed(seed))
+        offset = labels.astype(float) - image_crop[..., 0]  # [h, w]; the border columns see the image's edge
+        assert abs(offset[:, 4:-4].mean()) <= 0.1 and np.abs(offset[:, 4:-4]).max() <= 1
 
 
 def test_samplers_shard_without_repeats_and_depend_only_on_seed_and_epoch():
@@ -261,3 +311,39 @@ def test_two_processes_generating_the_toy_data_at_once_both_succeed(tmp_path):
     assert [run.returncode for run in runs] == [0, 0], errors
     assert len(list((tmp_path / "VOCdevkit/VOC2012/JPEGImages").iterdir())) == 34
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit"]  # no partial folder left
+
+
+def test_fast_decoders_give_what_pillow_gives(tmp_path):
+    """libjpeg-turbo and libspng where they apply, Pillow elsewhere: every kind of file decodes to Pillow's pixels
+    (images as RGB, label maps as their stored indices), EXIF-rotated photos upright."""
+    from PIL import ImageOps
+
+    from deeplab_lightning.data.decode import decode_image, decode_labels
+
+    rng = np.random.default_rng(0)
+    rgb = (_smooth_image(30, 40, seed=1).astype(int) + rng.integers(0, 9, (30, 40, 3))).clip(0, 255).astype(np.uint8)
+    images = {"rgb.jpg": Image.fromarray(rgb), "gray.jpg": Image.fromarray(rgb[..., 0]),
+              "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"), "rgb.png": Image.fromarray(rgb),
+              "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])), "gray.png": Image.fromarray(rgb[..., 1]),
+              "la.png": Image.fromarray(rgb[..., 1]).convert("LA"), "p.png": Image.fromarray(rgb).quantize(40),
+              "g16.png": Image.fromarray(rgb[..., 2].astype(np.uint16) * 257)}
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, image in images.items():
+        image.save(tmp_path / name)
+        with Image.open(tmp_path / name) as reference:
+            expected = np.array(reference.convert("RGB")) if name != "g16.png" else np.repeat(rgb[..., 2:], 3, 2)
+        assert np.array_equal(decode_image(tmp_path / name), expected), name
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif)
+    with Image.open(tmp_path / "rotated.jpg") as reference:
+        assert np.array_equal(decode_image(tmp_path / "rotated.jpg"), np.array(ImageOps.exif_transpose(reference)))
+    labels = rng.integers(0, 21, (30, 40)).astype(np.uint8)
+    labels[:2] = 255
+    for name, kwargs in (("p8.png", {}), ("p8t.png", {"transparency": 0}), ("p4.png", {"bits": 4}),
+                         ("l.png", {}), ("interlaced.png", {"interlace": 1})):
+        stored = labels % 16 if name == "p4.png" else labels
+        image = Image.fromarray(stored, "L" if name == "l.png" else "P")
+        if name != "l.png":
+            image.putpalette(rng.integers(0, 256, 768).tolist())
+        image.save(tmp_path / name, **kwargs)
+        assert np.array_equal(decode_labels(tmp_path / name), stored), name

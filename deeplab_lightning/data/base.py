@@ -5,6 +5,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -13,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..compat import loop_position
+from .cache import open_split
 from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate, smallest_eval_size
 from .sampling import EvalSampler, TrainSampler, per_process_batch
-from .transforms import size_pair, train_transform
+from .transforms import RandomScaleCrop, size_pair
 
 # Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
 # sampler here continues exactly from the restored loop progress instead (see TrainSampler).
@@ -27,8 +29,9 @@ class SegmentationDataModule(L.LightningDataModule):
     another ``ignore_index`` (the void label, 255 here), which the command links into the model: loss,
     metrics, padding and reports use this one value.
 
-    Training crops are random-scaled, cropped, flipped and padded to the crop size (mask with the ignore
-    label; the module fills the image padding with the network's mean pixel); validation and test use full
+    Training crops are random-scaled, cropped and flipped (:class:`~.transforms.RandomScaleCrop`, which computes
+    only the crop's pixels) and padded to the crop size (mask with the ignore label; the module fills the image
+    padding with the network's mean pixel); validation and test use full
     images at their original resolution (no crop, no resize of the labels). Images reach the model as uint8
     RGB: the network normalises them for its backbone.
 
@@ -40,6 +43,8 @@ class SegmentationDataModule(L.LightningDataModule):
         train_split, val_split, test_split: split names understood by ``samples``.
         crop_size: training crop, an int or (H, W).
         scale_range: random scale range of training images.
+        scale_step: draw the scale from ``low, low + step, ..., high`` (the TF reference: 0.25); ``null`` draws
+            it uniformly from the range.
         batch_size: the **global** training batch (the papers' number); each of the N processes loads
             ``batch_size / N``.
         val_batch_size: evaluation batch per process (the metric does not depend on it).
@@ -49,7 +54,12 @@ class SegmentationDataModule(L.LightningDataModule):
             ``"auto"``: the smallest ``16k + 1`` size holding the split's largest image, read from the image
             headers (513 x 513 for VOC, 1025 x 2049 for Cityscapes); an int or [H, W] sets it (larger images
             then run window by window at that size); ``null`` runs each image alone at its own size.
-        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        cache_dir: where ``deeplab-lightning cache`` writes each split decoded (:mod:`~.cache`) and where it is
+            looked for; default ``<data_dir>/decoded``.
+        use_cache: read a split from its decoded store when there is one (an out-of-date store is an error
+            that names the changed file); false reads the image files always.
+        num_workers, pin_memory, persistent_workers, prefetch_factor: DataLoader settings (``pin_memory`` only
+            where CUDA is available; ``prefetch_factor`` batches loaded ahead by each worker).
     """
 
     class_names: Sequence[str] = ()
@@ -65,17 +75,23 @@ class SegmentationDataModule(L.LightningDataModule):
         test_split: str = "val",
         crop_size: int | tuple[int, int] = 513,
         scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_step: float | None = None,
         batch_size: int = 16,
         val_batch_size: int = 1,
         eval_size: int | tuple[int, int] | Literal["auto"] | None = "auto",
+        cache_dir: str | None = None,
+        use_cache: bool = True,
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        prefetch_factor: int = 2,
     ) -> None:
         super().__init__()
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.crop_size = size_pair(crop_size)
         self.scale_range = scale_range
+        self.scale_step = scale_step
+        RandomScaleCrop(self.crop_size, scale_range, scale_step)  # a bad range or step is named here, not in a worker
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{name} must be a positive number of images, got {value!r}")
@@ -83,9 +99,14 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size
         self.eval_size = eval_size if eval_size in ("auto", None) else size_pair(eval_size, "eval_size")
         self._eval_sizes: dict[str, tuple[int, int]] = {}
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        if not isinstance(prefetch_factor, int) or prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be a positive number of batches, got {prefetch_factor!r}")
+        self.prefetch_factor = prefetch_factor
 
     @property
     def num_classes(self) -> int:
@@ -94,10 +115,23 @@ class SegmentationDataModule(L.LightningDataModule):
     def samples(self, split: str) -> list[Sample]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
-        transform = train_transform(self.crop_size, self.scale_range) if train else None
-        return SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map,
-                                   self.ignore_index)
+    def decoded_dir(self, split: str) -> Path | None:
+        """The folder of ``split``'s decoded store (see ``cache_dir``); None without a data_dir or cache_dir."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir) / split
+        data_dir = getattr(self, "data_dir", None)
+        return Path(data_dir) / "decoded" / split if data_dir is not None else None
+
+    def dataset(self, split: str, train: bool = False, cached: bool = True) -> SegmentationDataset:
+        """The dataset of ``split``, with the training augmentation when ``train``, read from its decoded store
+        when there is one (unless ``cached`` or ``use_cache`` is false)."""
+        transform = RandomScaleCrop(self.crop_size, self.scale_range, self.scale_step) if train else None
+        dataset = SegmentationDataset(self.samples(split), self.num_classes, transform, self.label_map,
+                                      self.ignore_index)
+        folder = self.decoded_dir(split)
+        if cached and self.use_cache and folder is not None:
+            dataset.cache = open_split(folder, dataset)
+        return dataset
 
     def eval_canvas(self, split: str, dataset: SegmentationDataset) -> tuple[int, int] | None:
         """The evaluation canvas (H, W) of ``split`` (see ``eval_size``); None for per-image evaluation."""
@@ -160,6 +194,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             collate_fn=partial(pad_collate, size=canvas, ignore_index=self.ignore_index, fixed=not train),
         )
 

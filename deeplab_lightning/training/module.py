@@ -72,7 +72,7 @@ class SegmentationModule(L.LightningModule):
 
     With ``seed_everything`` the random state is re-seeded from (seed, rank, step) before every training step,
     so dropout draws the same masks after a resume. Batches are :func:`~deeplab_lightning.data.dataset.
-    pad_collate`'s (``image`` [N,3,H,W] uint8 RGB, ``mask`` [N,H,W], each image's ``size``, ``canvas``).
+    pad_collate`'s (``image`` [N,3,H,W] uint8 RGB, ``mask`` [N,H,W] uint8, int64 once on the device, each image's ``size``, ``canvas``).
     """
 
     def __init__(
@@ -183,7 +183,8 @@ class SegmentationModule(L.LightningModule):
         images = batch["image"]
         if batch.get("padded"):
             images = fill_padding(images, batch["size"], self.pixel_mean)
-        loss = sum(self.loss(logits, batch["mask"]) for logits in self._outputs(images))
+        targets = batch["mask"].long()  # uint8 from the loader (1 byte a pixel to copy), int64 for the loss
+        loss = sum(self.loss(logits, targets) for logits in self._outputs(images))
         step = self.global_step
 
         def where() -> str:
@@ -236,7 +237,7 @@ class SegmentationModule(L.LightningModule):
     def _evaluation_step(self, batch: dict[str, Any], stage: str) -> list[torch.Tensor]:
         """Counts the batch in the stage's metrics; returns the predicted labels [h_i, w_i] (for callbacks)."""
         scores = self.pipeline(self, batch)
-        targets = per_image(batch["mask"], batch["size"])
+        targets = per_image(batch["mask"].long(), batch["size"])
         self.evaluator.update(stage, scores, targets)
         loss = sum(self.loss(s[None], t[None]) for s, t in zip(scores.final, targets)) / len(targets)
         self.log(f"{stage}/loss", loss, batch_size=len(targets), sync_dist=True)
