@@ -258,6 +258,7 @@ def report(results: dict[str, dict[str, float]], rates: dict[str, float]) -> Non
             print(f"\n{row}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()))
     voc, city = results["voc training sample"], results["cityscapes training sample"]
     verdicts = [("VOC, ours / fastest peer", voc["ours"] / min(voc[p] for p in PEERS), 0.5),
+                ("VOC cached, ours / fastest peer", voc["ours, cached"] / min(voc[p] for p in PEERS), 0.5),
                 ("Cityscapes, ours / fastest peer", city["ours"] / min(city[p] for p in PEERS), 0.8),
                 ("Cityscapes cached, ours / fastest peer", city["ours, cached"] / min(city[p] for p in PEERS), 0.1)]
     print()

@@ -75,3 +75,16 @@ def test_fit_protocol_smoke_run_reports_throughput_and_the_data_wait(tmp_path):
     profile = data["profile_s"]
     assert 0 <= profile["[_TrainingEpochLoop].train_dataloader_next"] < profile["run_training_epoch"]
     assert "waiting for the data workers" in result.stdout
+
+
+def test_data_path_benchmark_times_every_pipeline_on_the_same_files(tmp_path):
+    out = tmp_path / "data_path.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "data_path.py"), "--voc", "2", "--cityscapes", "1",
+           "--rounds", "1", "--city-size", "256", "512", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())["results_ms"]
+    pipelines = {"ours", "ours, cached", "torchvision references", "mmsegmentation-style"}
+    for row in ("voc training sample", "cityscapes training sample", "cityscapes evaluation read"):
+        assert set(data[row]) == pipelines and all(ms > 0 for ms in data[row].values())
+    assert "cores per GPU at 300 img/s (voc)" in result.stdout and "Cityscapes cached, ours / fastest peer" in result.stdout
