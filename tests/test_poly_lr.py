@@ -2,7 +2,7 @@ import lightning as L
 import pytest
 import torch
 
-from deeplab_lightning.callbacks import PolyLR, ScheduleCheck, poly_lr_factor
+from deeplab_lightning.callbacks import LRSchedule, PolyLR, ScheduleCheck, poly_lr_factor, step_lr_factor
 from deeplab_lightning.callbacks.schedule import NO_SCHEDULE
 from deeplab_lightning.module import SegmentationModule
 
@@ -57,6 +57,33 @@ def test_poly_lr_sequence_in_training_keeps_head_multiplier(tmp_path):
         assert lrs["backbone_no_decay"] == pytest.approx(0.01 * factor, rel=1e-12)
         assert lrs["head"] == pytest.approx(0.1 * factor, rel=1e-12)
         assert lrs["head_no_decay"] == pytest.approx(0.1 * factor, rel=1e-12)
+
+
+def test_step_schedule_divides_every_step_size_and_resumes_on_the_same_curve(tmp_path):
+    """V1's schedule (lr / 10 every step_size steps) in the one schedule callback: the head keeps its multiplier,
+    and a fit resumed from a checkpoint continues with the same learning rates."""
+    assert [step_lr_factor(s, 2) for s in range(5)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="step_size"):
+        LRSchedule("step")
+
+    def fit(max_steps, ckpt_path=None):
+        torch.manual_seed(0)
+        module = SegmentationModule(TinyNet(), num_classes=3, lr=0.01, head_lr_mult=10.0)
+        recorder = RecordLR()
+        trainer = L.Trainer(max_steps=max_steps, callbacks=[LRSchedule("step", step_size=2), recorder],
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        trainer.fit(module, train_dataloaders=_loader(), ckpt_path=ckpt_path)
+        return trainer, recorder.lrs
+
+    trainer, whole = fit(5)
+    assert [lrs["head"] for lrs in whole] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001], rel=1e-12)
+    assert [lrs["backbone"] for lrs in whole] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001], rel=1e-12)
+    first, _ = fit(3)
+    checkpoint = tmp_path / "after3.ckpt"
+    first.save_checkpoint(checkpoint)
+    _, resumed = fit(5, ckpt_path=str(checkpoint))
+    assert resumed == whole[3:]  # the same floats: the factor is a function of the restored step
 
 
 def _fit_with(callbacks, module=None):

@@ -15,7 +15,7 @@ from .inference import DenseCRFRefinement, MultiScaleInference
 from .progress import ProgressBar
 from .reporting import IoUTable, NetworkSummary, iou_table
 from .run_safety import CurrentLastCheckpoint, FinalValidation, PreemptionCheckpoint
-from .schedule import PolyLR, ScheduleCheck, poly_lr_factor
+from .schedule import LRSchedule, PolyLR, ScheduleCheck, poly_lr_factor, step_lr_factor
 from .status import RunStatus
 from .throughput import Throughput
 from .wandb_report import WandbReport
@@ -28,6 +28,7 @@ __all__ = [
     "IoUTable",
     "MultiScaleInference",
     "NetworkSummary",
+    "LRSchedule",
     "PolyLR",
     "PreemptionCheckpoint",
     "ProgressBar",
@@ -40,4 +41,5 @@ __all__ = [
     "legend",
     "overlay",
     "poly_lr_factor",
+    "step_lr_factor",
 ]
