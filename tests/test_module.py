@@ -25,6 +25,19 @@ def test_parameter_groups_split_backbone_head_and_decay():
     assert n_params == len(list(module.parameters()))
 
 
+def test_biases_train_at_twice_the_lr_as_in_the_papers_caffe_and_tf_code():
+    # Caffe (V1/V2): lr_mult 2 on every bias, 20 for fc8's (10 x 2); no weight decay on biases.
+    module = SegmentationModule("deeplabv1_vgg16_largefov", num_classes=3, lr=0.001, head_lr_mult=10.0,
+                                bias_lr_mult=2.0, weight_decay=5e-4, model_kwargs={"channels": 8})
+    groups = {g["name"]: g for g in module.configure_optimizers().param_groups}
+    assert set(groups) == {"backbone", "backbone_bias", "head", "head_bias"}  # VGG: no BatchNorm
+    assert groups["backbone_bias"]["lr"] == pytest.approx(0.002) and groups["head_bias"]["lr"] == pytest.approx(0.02)
+    assert groups["backbone_bias"]["weight_decay"] == groups["head_bias"]["weight_decay"] == 0.0
+    biases = {id(m.bias) for m in module.net.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None}
+    assert {id(p) for g in ("backbone_bias", "head_bias") for p in groups[g]["params"]} == biases
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(module.parameters()))
+
+
 @pytest.mark.parametrize("arch", ["deeplabv1_vgg16_largefov", "deeplabv2_vgg16"])
 def test_vgg_heads_train_fc6_fc7_at_the_base_lr_and_only_the_classifier_faster(arch):
     # V1 section 4.1: lr 0.001, 0.01 for the final classifier layer (fc8); fc6/fc7 come from VGG's fc layers.

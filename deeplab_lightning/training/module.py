@@ -27,7 +27,9 @@ from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
 
 
-OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "head_lr_mult", "optimizer")  # restored on resume
+# Restored with the optimizer on resume, so a resumed fit may not change them.
+OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "head_lr_mult", "bias_lr_mult", "optimizer")
+SETTING_DEFAULTS = {"bias_lr_mult": 1.0}  # settings added later: what checkpoints without them were trained with
 
 class SegmentationModule(L.LightningModule):
     """Trains any net mapping images [N,3,H,W] to logits [N,C,H,W] with pixel-wise cross-entropy.
@@ -46,6 +48,8 @@ class SegmentationModule(L.LightningModule):
         init_checkpoint: start from the network weights of this checkpoint (no training state is taken).
         lr: base learning rate (backbone group); the head group uses ``lr * head_lr_mult``.
         momentum, weight_decay, head_lr_mult: SGD settings; the head's learning-rate multiplier (10 in V1/V2).
+        bias_lr_mult: the learning-rate multiplier of convolution and linear biases (2 in the papers' Caffe and TF
+            code, see :func:`~deeplab_lightning.training.optim.parameter_groups`).
         optimizer: ``"sgd"`` (the papers') or ``"adamw"`` (not in the papers; the CPU quickstart's, from scratch).
         channels_last: run the network in channels-last memory format (faster convolutions, GPU and CPU).
         compile: ``torch.compile`` the network in place (``True``, or a dict of ``torch.compile`` arguments).
@@ -90,6 +94,7 @@ class SegmentationModule(L.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         head_lr_mult: float = 10.0,
+        bias_lr_mult: float = 1.0,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         channels_last: bool = False,
         compile: bool | dict[str, Any] = False,
@@ -210,7 +215,8 @@ class SegmentationModule(L.LightningModule):
         hp = self.hparams
         fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type in ("cuda", "cpu")
         return build_optimizer(self.net, hp.optimizer, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
-                               head_lr_mult=hp.head_lr_mult, fused=fused)
+                               head_lr_mult=hp.head_lr_mult, fused=fused,
+                               bias_lr_mult=hp.get("bias_lr_mult", 1.0))
 
     # Evaluation: the pipeline runs the network, the evaluator counts.
 
@@ -290,6 +296,8 @@ class SegmentationModule(L.LightningModule):
                                  f"{key}={self.hparams[key]!r}; use the checkpoint's {key} or another checkpoint")
         if self._trainer is not None and self.trainer.state.fn == "fit":  # a resumed fit restores its optimizer
             for key in OPTIMIZER_SETTINGS:
+                if key not in saved and key in SETTING_DEFAULTS:
+                    saved = {**saved, key: SETTING_DEFAULTS[key]}
                 if key in saved and key in self.hparams and saved[key] != self.hparams[key]:
                     raise ValueError(
                         f"A resumed fit continues the saved optimizer and learning-rate schedule (model.{key}="
