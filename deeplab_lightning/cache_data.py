@@ -22,8 +22,8 @@ from .data.base import SegmentationDataModule
 from .data.cache import is_current, write_split
 
 
-def _gigabytes(size: int) -> str:
-    return f"{size / 1e9:.2f} GB"
+def _size(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def cache_splits(datamodule: SegmentationDataModule, splits: list[str], workers: int, force: bool = False,
@@ -47,7 +47,7 @@ def cache_splits(datamodule: SegmentationDataModule, splits: list[str], workers:
             continue
         if not force and is_current(folder, dataset):
             size = sum(f.stat().st_size for f in folder.iterdir())
-            console.print(f"{split}: up to date in {folder} ({len(dataset)} images, {_gigabytes(size)}); --force "
+            console.print(f"{split}: up to date in {folder} ({len(dataset)} images, {_size(size)}); --force "
                           f"rewrites it")
             continue
         start = time.monotonic()
@@ -62,7 +62,7 @@ def cache_splits(datamodule: SegmentationDataModule, splits: list[str], workers:
             console.print(f"{split}: {len(problems)} problem(s); nothing written")
             ok = False
             continue
-        console.print(f"{split}: {len(dataset)} images decoded into {folder} ({_gigabytes(size)} on disk, "
+        console.print(f"{split}: {len(dataset)} images decoded into {folder} ({_size(size)} on disk, "
                       f"{time.monotonic() - start:.0f} s)")
     return ok
 

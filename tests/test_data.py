@@ -334,9 +334,24 @@ def test_fast_decoders_give_what_pillow_gives(tmp_path):
         with Image.open(tmp_path / name) as reference:
             expected = np.array(reference.convert("RGB")) if name != "g16.png" else np.repeat(rgb[..., 2:], 3, 2)
         assert np.array_equal(decode_image(tmp_path / name), expected), name
+    from PIL import PngImagePlugin
+
+    xmp = PngImagePlugin.PngInfo()  # the orientation as XMP in a text chunk, which Pillow applies too
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+                 '1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+                 'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
     Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif)
-    with Image.open(tmp_path / "rotated.jpg") as reference:
-        assert np.array_equal(decode_image(tmp_path / "rotated.jpg"), np.array(ImageOps.exif_transpose(reference)))
+    Image.fromarray(rgb).save(tmp_path / "xmp.png", pnginfo=xmp)
+    for name in ("rotated.jpg", "xmp.png"):
+        with Image.open(tmp_path / name) as reference:
+            upright = np.array(ImageOps.exif_transpose(reference))
+        assert upright.shape[:2] == (40, 30) and np.array_equal(decode_image(tmp_path / name), upright), name
+    # A flipped byte in the pixel data: Pillow refuses the file, and so must the fast decoder (no wrong pixels).
+    broken = bytearray((tmp_path / "rgb.png").read_bytes())
+    broken[len(broken) // 2] ^= 1
+    (tmp_path / "broken.png").write_bytes(bytes(broken))
+    with pytest.raises(ValueError, match="broken.png"):
+        decode_image(tmp_path / "broken.png")
     labels = rng.integers(0, 21, (30, 40)).astype(np.uint8)
     labels[:2] = 255
     for name, kwargs in (("p8.png", {}), ("p8t.png", {"transparency": 0}), ("p4.png", {"bits": 4}),
@@ -347,3 +362,8 @@ def test_fast_decoders_give_what_pillow_gives(tmp_path):
             image.putpalette(rng.integers(0, 256, 768).tolist())
         image.save(tmp_path / name, **kwargs)
         assert np.array_equal(decode_labels(tmp_path / name), stored), name
+    broken = bytearray((tmp_path / "p8.png").read_bytes())
+    broken[-20] ^= 1  # inside the last data chunk
+    (tmp_path / "broken_labels.png").write_bytes(bytes(broken))
+    with pytest.raises(ValueError, match="broken_labels.png"):
+        decode_labels(tmp_path / "broken_labels.png")

@@ -32,7 +32,8 @@ def test_training_and_evaluation_read_the_same_samples_from_the_cache(tmp_path, 
         assert not problems
         expected = sum(3 * h * w + h * w for h, w in (dataset.read(i)[1].shape for i in range(len(dataset))))
         assert size == expected == sum(f.stat().st_size for f in dm.decoded_dir(split).glob("*.u8"))
-    assert sorted(p.name for p in dm.decoded_dir("train").parent.iterdir()) == ["train", "val"]  # no leftovers
+    left = sorted(p.name for p in dm.decoded_dir("train").parent.iterdir() if not p.name.endswith(".lock"))
+    assert left == ["train", "val"]  # no temporary folders left
     cached = {split: dm.dataset(split, train=split == "train") for split in ("train", "val")}
     assert all(d.cache is not None for d in cached.values())
     keys = [(i, 1000 + i) for i in range(len(cached["train"]))]
@@ -44,6 +45,15 @@ def test_training_and_evaluation_read_the_same_samples_from_the_cache(tmp_path, 
     loader = torch.utils.data.DataLoader(cached["val"], batch_size=None, num_workers=1)
     assert torch.equal(next(iter(loader))["mask"], files["val"][0]["mask"])
     assert not ToyVOCDataModule(str(root), **toy_settings, use_cache=False).dataset("val").cache
+    # A store rewritten after a dataset checked its index is refused, not read at the old offsets.
+    reader = dm.dataset("val")
+    assert not write_split(dm.dataset("val", cached=False), dm.decoded_dir("val"))[1]
+    with pytest.raises(ValueError, match="rewritten while this run used it"):
+        reader[0]
+    with open(dm.decoded_dir("val") / IMAGES, "r+b") as f:  # a damaged (truncated) store names itself
+        f.truncate(100)
+    with pytest.raises(ValueError, match=r"decoded cache .*val is damaged: images.u8 holds 100 bytes"):
+        dm.dataset("val")
 
 
 def test_a_changed_or_missing_source_file_is_never_read_from_a_stale_cache(tmp_path, toy_dir, toy_settings):
@@ -85,7 +95,17 @@ def test_a_bad_file_writes_nothing_and_names_the_file(tmp_path, toy_dir, toy_set
     assert size == 0 and len(problems) == 2  # every problem, not only the first
     assert any("toy_val_00002.png" in p and "[40]" in p for p in problems)
     assert any("toy_val_00004.jpg" in p for p in problems)
-    assert not dm.decoded_dir("val").parent.exists() or not any(dm.decoded_dir("val").parent.iterdir())
+    leftover = dm.decoded_dir("val").parent / ".val.partial-1"  # of a writer killed mid-way: removed
+    leftover.mkdir()
+    with open(dm.decoded_dir("val").parent / ".val.lock", "w") as lock:  # another writer at work: refused
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert "another `deeplab-lightning cache` is writing" in write_split(dm.dataset("val", cached=False),
+                                                                            dm.decoded_dir("val"))[1][0]
+    write_split(dm.dataset("val", cached=False), dm.decoded_dir("val"))
+    assert not leftover.exists()
+    assert [p.name for p in dm.decoded_dir("val").parent.iterdir()] == [".val.lock"]  # nothing else written
 
 
 def test_cache_command_writes_reports_and_keeps_an_up_to_date_store(tmp_path, toy_dir, toy_settings,
@@ -100,7 +120,7 @@ def test_cache_command_writes_reports_and_keeps_an_up_to_date_store(tmp_path, to
                            text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "train: 16 images decoded into" in first.stdout and "val: 6 images decoded into" in first.stdout
-    assert " GB on disk" in first.stdout
+    assert " MB on disk" in first.stdout
     stamp = (root / "decoded/val" / IMAGES).stat().st_mtime_ns
     again = subprocess.run([str(script), "cache", "--config", str(config), "--splits", "[val]"],
                            capture_output=True, text=True, timeout=300)

@@ -81,6 +81,27 @@ def test_freeze_bn_keeps_the_backbone_batchnorms_out_of_a_fit(toy_dir, toy_setti
     assert len(synced) == len(frozen) and not any(m.training or m.weight.requires_grad for m in synced)
 
 
+def test_freeze_bn_statistics_keeps_every_running_statistic_and_trains_the_affine_parameters(toy_dir, toy_settings,
+                                                                                           tmp_path):
+    """TF's fine_tune_batch_norm=False (V3's OS 8 fine-tuning on trainval): every BatchNorm, heads included,
+    normalises with its stored statistics and never updates them, while gamma and beta still train."""
+    torch.save({"state_dict": tiny_module().state_dict()}, tmp_path / "start.ckpt")
+    module = tiny_module(freeze_bn="statistics", bn_momentum=0.5, lr=0.05,
+                         init_checkpoint=str(tmp_path / "start.ckpt"))
+    norms = [m for m in module.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in norms]
+    affine = [m.weight.detach().clone() for m in norms]
+    dm = ToyVOCDataModule(str(toy_dir), **toy_settings, crop_size=48, batch_size=2, num_workers=0)
+    L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False).fit(module, datamodule=dm)
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, stats))
+    assert sum(not torch.equal(m.weight, a) for m, a in zip(norms, affine)) > len(norms) // 2
+    module.train()
+    assert not any(m.training for m in norms)
+    with pytest.raises(ValueError, match="freeze_bn must be false, true or statistics"):
+        tiny_module(freeze_bn="all", init_checkpoint=str(tmp_path / "start.ckpt"))
+
+
 def test_module_without_backbone_gets_one_lr():
     groups = parameter_groups(torch.nn.Conv2d(3, 2, 1), lr=0.1, weight_decay=0.0, head_lr_mult=10.0)
     assert {g["lr"] for g in groups} == {1.0}

@@ -13,6 +13,7 @@ labelling; otherwise :class:`DecodedSplit` raises, naming the difference and the
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -62,6 +63,16 @@ class DecodedSplit:
         if stale:
             raise ValueError(f"The decoded cache {self.folder} is out of date: {stale}; {REBUILD}")
         self.entries = index["samples"]
+        last = self.entries[-1]
+        h, w = last["shape"]
+        expected = {IMAGES: last["image_offset"] + 3 * h * w, LABELS: last["label_offset"] + h * w}
+        self.identity = {}
+        for name, size in expected.items():
+            stat = os.stat(self.folder / name)
+            if stat.st_size != size:
+                raise ValueError(f"The decoded cache {self.folder} is damaged: {name} holds {stat.st_size:,} bytes, "
+                                 f"its index {size:,}; {REBUILD}")
+            self.identity[name] = (stat.st_dev, stat.st_ino, stat.st_mtime_ns)
         self._images: np.memmap | None = None
         self._labels: np.memmap | None = None
 
@@ -84,9 +95,18 @@ class DecodedSplit:
                     return f"{path} changed after the cache was written (size or modification time)"
         return None
 
-    def _open(self) -> None:  # per process: memory maps are not sent to data-loader workers
-        self._images = np.memmap(self.folder / IMAGES, dtype=np.uint8, mode="r")
-        self._labels = np.memmap(self.folder / LABELS, dtype=np.uint8, mode="r")
+    def _open(self) -> None:
+        """Map the files (per process: memory maps are not sent to data-loader workers), refusing files other
+        than those the index was checked against (a store rewritten meanwhile has other offsets)."""
+        maps = {}
+        for name in (IMAGES, LABELS):
+            with open(self.folder / name, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if (stat.st_dev, stat.st_ino, stat.st_mtime_ns) != self.identity[name]:
+                    raise ValueError(f"The decoded cache {self.folder} was rewritten while this run used it; start "
+                                     f"the run again")
+                maps[name] = np.memmap(f, dtype=np.uint8, mode="r")
+        self._images, self._labels = maps[IMAGES], maps[LABELS]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_images": None, "_labels": None}
@@ -161,6 +181,21 @@ def write_split(dataset: SegmentationDataset, folder: Path, workers: int = 1,
         image_bytes += h * w * 3
         label_bytes += h * w
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0, [f"another `deeplab-lightning cache` is writing {folder}; wait for it to finish"]
+        for leftover in folder.parent.glob(f".{folder.name}.partial-*"):  # of a writer killed before it finished
+            shutil.rmtree(leftover, ignore_errors=True)
+        return _write_locked(dataset, folder, tasks, (image_bytes, label_bytes), problems, workers, progress)
+
+
+def _write_locked(dataset: SegmentationDataset, folder: Path, tasks: list[tuple[int, dict[str, Any]]],
+                  sizes: tuple[int, int], problems: list[str], workers: int,
+                  progress: Callable[[int, int], None] | None) -> tuple[int, list[str]]:
+    """:func:`write_split` once it holds the split's lock: (bytes written, problems)."""
+    image_bytes, label_bytes = sizes
     free = shutil.disk_usage(folder.parent).free
     if image_bytes + label_bytes > free:
         return 0, [f"the decoded split needs {image_bytes + label_bytes:,} bytes; {folder.parent} has {free:,} "

@@ -5,7 +5,8 @@ decodes in 0.9 ms with simplejpeg (libjpeg-turbo) against 1.2 ms with OpenCV or 
 Pillow, all four giving the same pixels; a 2048x1024 RGB PNG in 41 ms with libspng (pyspng) against 70-80 ms with
 OpenCV, torchvision.io and Pillow; a VOC label map (500x375 palette PNG) in 0.7 ms with libspng against 1.0 ms
 with Pillow. Files the fast decoders do not handle as Pillow would (EXIF-rotated photos, 16-bit or CMYK images)
-go through Pillow, so every file decodes to what Pillow gives.
+go through Pillow, so every file decodes to what Pillow gives; so do PNGs whose chunk checksums are wrong (Pillow
+refuses them; libspng as pyspng builds it would not check).
 """
 from __future__ import annotations
 
@@ -66,17 +67,39 @@ def read_image_pil(path: Path) -> np.ndarray:
         return pil_to_rgb(ImageOps.exif_transpose(img), str(path))
 
 
-def _png_may_hold_exif(data: bytes) -> bool:
-    """Whether a PNG has an eXIf chunk (before its first or after its last image data chunk, where PNG puts
-    metadata), without scanning the compressed pixels."""
-    first, last = data.find(b"IDAT"), data.rfind(b"IDAT")
-    return first < 0 or b"eXIf" in data[:first] or b"eXIf" in data[last:]
+ORIENTATION_KEYWORDS = (b"XML:com.adobe.xmp", b"Raw profile type exif", b"Raw profile type APP1")
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """(type, start, end) of each chunk of a PNG, or None unless every chunk is whole with its CRC right and the
+    last is IEND: libspng (as pyspng builds it) skips the checksums, Pillow does not, and a flipped byte must
+    not decode to wrong pixels or labels."""
+    chunks, pos = [], 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos: pos + 4])
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(data[pos + 4: end - 4]) != struct.unpack(">I", data[end - 4: end])[0]:
+            return None
+        chunks.append((data[pos + 4: pos + 8], pos, end))
+        pos = end
+    return chunks if chunks and chunks[-1][0] == b"IEND" else None
+
+
+def _png_may_be_rotated(data: bytes, chunks: list[tuple[bytes, int, int]]) -> bool:
+    """Whether a PNG carries an orientation Pillow would apply: an eXIf chunk, or XMP or EXIF in a text chunk."""
+    for kind, start, _ in chunks:
+        if kind == b"eXIf":
+            return True
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and data[start + 8: start + 8 + 80].split(b"\0")[0] in \
+                ORIENTATION_KEYWORDS:
+            return True
+    return False
 
 
 def _decode_fast(data: bytes) -> np.ndarray | None:
     """RGB uint8 [H, W, 3] from libjpeg-turbo or libspng, or None where Pillow must decode the file."""
     if data.startswith(JPEG_SIGNATURE):
-        if b"Exif" in data:  # it may carry an orientation: Pillow reads and applies it
+        if b"Exif" in data or b"Orientation" in data:  # EXIF or XMP may rotate it: Pillow reads and applies that
             return None
         try:
             if simplejpeg.decode_jpeg_header(data)[2] not in ("YCbCr", "Gray"):
@@ -84,7 +107,10 @@ def _decode_fast(data: bytes) -> np.ndarray | None:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:  # arithmetic coding, truncated: Pillow decodes it or names the problem
             return None
-    if data.startswith(PNG_SIGNATURE) and len(data) > 26 and data[24] == 8 and not _png_may_hold_exif(data):
+    if data.startswith(PNG_SIGNATURE) and len(data) > 26 and data[24] == 8:
+        chunks = png_chunks(data)
+        if chunks is None or _png_may_be_rotated(data, chunks):
+            return None
         try:
             return pyspng.load(data, format="RGB")
         except Exception:  # pyspng raises a bare Exception; Pillow decodes the file or names the problem
@@ -103,23 +129,18 @@ def decode_image(path: Path) -> np.ndarray:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
 
 
-def _palette_as_grayscale(data: bytes) -> bytes:
+def _palette_as_grayscale(data: bytes, chunks: list[tuple[bytes, int, int]]) -> bytes:
     """An 8-bit palette PNG declared as 8-bit grayscale instead (IHDR colour type 3 -> 0; PLTE and tRNS, which
     grayscale may not carry, left out): the pixel bytes are untouched, so a grayscale decoder returns the
-    palette indices, which are the labels. Raises ValueError on a malformed chunk."""
-    parts, pos = [data[:8]], 8
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos: pos + 4])
-        kind, end = data[pos + 4: pos + 8], pos + 12 + length
-        if end > len(data):
-            raise ValueError("truncated PNG chunk")
+    palette indices, which are the labels."""
+    parts = [data[:8]]
+    for kind, start, end in chunks:
         if kind == b"IHDR":
-            header = data[pos + 8: end - 4]  # width, height, bit depth, colour type (index 9), ...
+            header = data[start + 8: end - 4]  # width, height, bit depth, colour type (index 9), ...
             header = header[:9] + b"\x00" + header[10:]
-            parts.append(data[pos: pos + 8] + header + struct.pack(">I", zlib.crc32(b"IHDR" + header)))
+            parts.append(data[start: start + 8] + header + struct.pack(">I", zlib.crc32(b"IHDR" + header)))
         elif kind not in (b"PLTE", b"tRNS"):
-            parts.append(data[pos:end])
-        pos = end
+            parts.append(data[start:end])
     return b"".join(parts)
 
 
@@ -132,9 +153,10 @@ def decode_labels(path: Path) -> np.ndarray:
 
             return np.asarray(loadmat(str(path))["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
         data = path.read_bytes()
-        if data.startswith(PNG_SIGNATURE) and len(data) > 26 and data[24] == 8 and data[25] in (0, 3):
+        chunks = png_chunks(data) if data.startswith(PNG_SIGNATURE) and len(data) > 26 else None
+        if chunks is not None and data[24] == 8 and data[25] in (0, 3):
             try:  # libspng: 8-bit grayscale, or an 8-bit palette (VOC's) read as grayscale, i.e. its indices
-                return pyspng.load(data if data[25] == 0 else _palette_as_grayscale(data), format="L")
+                return pyspng.load(data if data[25] == 0 else _palette_as_grayscale(data, chunks), format="L")
             except Exception:  # pyspng raises a bare Exception: Pillow decodes the file or names the problem
                 pass
         with Image.open(path) as img:

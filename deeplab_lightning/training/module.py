@@ -22,7 +22,7 @@ from ..evaluation.pipeline import per_image
 from ..models import ModelName, convert_sync_batchnorm
 from ..run_info import run_info
 from .loss import SegmentationLoss
-from .network import backbone_batch_norms, build_network
+from .network import build_network, frozen_batch_norms
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
 
@@ -58,8 +58,10 @@ class SegmentationModule(L.LightningModule):
             in training (the losses of the fused and of each scale's logits are summed) and evaluation.
         bn_momentum: BatchNorm momentum of every layer (PyTorch convention: V3's TF decay 0.9997 is 0.0003);
             None keeps PyTorch's 0.1.
-        freeze_bn: keep the backbone's BatchNorm statistics and affine parameters as loaded, as DeepLab V2's
-            released Caffe ResNet-101 trains (``use_global_stats``, ``lr_mult: 0``); V3 trains BN (section 4.1).
+        freeze_bn: ``true`` keeps the backbone's BatchNorm statistics and affine parameters as loaded, as DeepLab
+            V2's released Caffe ResNet-101 trains (``use_global_stats``, ``lr_mult: 0``); ``statistics`` runs every
+            BatchNorm on its stored statistics while its affine parameters train (TF ``fine_tune_batch_norm=
+            False``: V3's OS 8 fine-tuning, section 4.1); V3 trains BN (``false``).
         nonfinite_loss: a NaN or Inf training loss: ``raise`` (stop before the next step, checkpoint or
             validation, naming the step and samples; no host sync in the step), ``skip`` (skip that optimizer
             step) or ``ignore``. Whatever the choice, no checkpoint is written from non-finite weights, and a
@@ -101,7 +103,7 @@ class SegmentationModule(L.LightningModule):
         fused_optimizer: bool | None = None,
         msc_scales: Sequence[float] | None = None,
         bn_momentum: float | None = None,
-        freeze_bn: bool = False,
+        freeze_bn: bool | Literal["statistics"] = False,
         nonfinite_loss: Literal["raise", "skip", "ignore"] = "raise",
         max_skipped_share: float = 0.01,
         sync_batchnorm: bool | None = None,
@@ -156,7 +158,7 @@ class SegmentationModule(L.LightningModule):
         return self._outputs(images)[0]
 
     def _frozen_batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
-        return backbone_batch_norms(self.net) if self.hparams.get("freeze_bn") else []
+        return frozen_batch_norms(self.net, self.hparams.get("freeze_bn", False))
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)

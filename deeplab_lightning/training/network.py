@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,13 +21,14 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 def build_network(arch: str | nn.Module, num_classes: int, *, output_stride: int | None = None,
                   pretrained_backbone: bool = False, weights: str | None = None,
                   model_kwargs: dict[str, Any] | None = None, crf_rnn: dict[str, Any] | None = None,
-                  init_checkpoint: str | None = None, bn_momentum: float | None = None, freeze_bn: bool = False,
+                  init_checkpoint: str | None = None, bn_momentum: float | None = None,
+                  freeze_bn: bool | Literal["statistics"] = False,
                   memory_format: torch.memory_format = torch.contiguous_format,
                   compile: bool | dict[str, Any] = False) -> nn.Module:
     """The network of ``SegmentationModule`` (its arguments of the same names), in ``memory_format``."""
     loads_weights = pretrained_backbone or weights is not None or init_checkpoint is not None
     if freeze_bn and not (loads_weights or isinstance(arch, nn.Module)):
-        raise ValueError("model.freeze_bn keeps the backbone's BatchNorm statistics as loaded, but this config "
+        raise ValueError("model.freeze_bn keeps BatchNorm statistics as loaded, but this config "
                          "loads no weights (model.pretrained_backbone false, no model.weights or "
                          "model.init_checkpoint): the initial statistics would let the activations diverge. "
                          "Set model.freeze_bn false, or load pretrained weights")
@@ -36,9 +37,12 @@ def build_network(arch: str | nn.Module, num_classes: int, *, output_stride: int
     if bn_momentum is not None:
         for m in batch_norms(net):
             m.momentum = bn_momentum
+    if freeze_bn not in (False, True, "statistics"):
+        raise ValueError(f"model.freeze_bn must be false, true or statistics, got {freeze_bn!r}")
     if freeze_bn:
-        for m in backbone_batch_norms(net):
-            m.requires_grad_(False)
+        for m in frozen_batch_norms(net, freeze_bn):
+            if freeze_bn is True:
+                m.requires_grad_(False)
             m.eval()  # Lightning's loops restore each module's own mode flag, so eval here is kept in training
         # Lightning's notice about those eval-mode modules: they are meant to be.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -83,6 +87,15 @@ def batch_norms(module: nn.Module) -> Iterator[BatchNorm]:
 
 
 def backbone_batch_norms(net: nn.Module) -> list[BatchNorm]:
-    """The BatchNorms of the network's backbone (the whole network when it has none): those ``freeze_bn`` keeps
-    as loaded; the heads' new BatchNorms train."""
+    """The BatchNorms of the network's backbone (the whole network when it has none)."""
     return list(batch_norms(getattr(net, "backbone", net)))
+
+
+def frozen_batch_norms(net: nn.Module, freeze_bn: bool | str) -> list[BatchNorm]:
+    """The BatchNorms that normalise with their stored statistics in training too: none (``False``), the
+    backbone's (``True``, with their affine parameters, as V2's Caffe ResNet: ``use_global_stats``, ``lr_mult:
+    0``; the heads' new BatchNorms train), or every one (``"statistics"``, affine parameters still trained: the
+    TF reference's ``fine_tune_batch_norm=False``, V3's OS 8 fine-tuning on trainval, section 4.1)."""
+    if not freeze_bn:
+        return []
+    return list(batch_norms(net)) if freeze_bn == "statistics" else backbone_batch_norms(net)
