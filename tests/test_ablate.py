@@ -17,7 +17,7 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
     spec = {"name": "toy_os", "base": str(base), "output_dir": str(tmp_path / "out"),
             "set": {"data.batch_size": 2, "model.init_checkpoint": diverse_start},
             "grid": {"model.output_stride": [8, 16], "model.model_kwargs.image_pooling": [True]},
-            "evaluate": {"ms_flip": {"scales": [0.75, 1.0], "flip": True},
+            "evaluate": {"ms_flip": {"scales": [0.75, 1.0], "flip": True}, "output_stride": 8,
                          "crf": {"iterations": 2, "bi_xy_std": 20, "bi_rgb_std": 10}}}
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -26,12 +26,18 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
     rows = list(csv.DictReader(open(out / "report.csv")))
     names = ["image_pooling=True,output_stride=8", "image_pooling=True,output_stride=16"]
     assert [r["run"] for r in rows] == names
-    # The report's plain mIoU is that of the run's best checkpoint, validated again through the command.
+    # The report's plain mIoU is that of the run's final weights (last.ckpt, as the papers report) at the trained
+    # output stride, and "OS8" at the one `evaluate` names, as the command validates them: the run trained at 16
+    # is evaluated at 16 and at 8 (its MS/flip and CRF columns at 8).
     from deeplab_lightning.cli import main as cli_main
 
-    again = cli_main(["validate", "--config", str(out / names[0] / "run.yaml"),
-                      "--ckpt_path", json.loads((out / "report.json").read_text())[0]["checkpoint"]])
-    assert float(rows[0]["mIoU"]) == pytest.approx(again.trainer.callback_metrics["val/mIoU"].item(), abs=1e-4)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["eval_output_stride"] for r in report] == [8, 8] and "mIoU_os8" not in report[0]
+    for column, run, stride in (("mIoU", 0, 8), ("mIoU", 1, 16), ("mIoU_os8", 1, 8)):
+        assert report[run]["checkpoint"].endswith("last.ckpt")
+        again = cli_main(["validate", "--config", str(out / names[run] / "run.yaml"), "--model.output_stride",
+                          str(stride), "--ckpt_path", report[run]["checkpoint"]])
+        assert report[run][column] == pytest.approx(again.trainer.callback_metrics["val/mIoU"].item(), abs=1e-4)
     for row in rows:
         assert all(row[key] for key in ("mIoU_ms_flip", "mIoU_crf", "mIoU_ms_flip_crf"))
         assert float(row["train_img_s"]) > 0 and float(row["eval_img_s"]) > 0 and float(row["params_M"]) > 0

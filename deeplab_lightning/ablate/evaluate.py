@@ -1,5 +1,6 @@
-"""One ablation run: fit it through the command line, then evaluate its best checkpoint plainly, with
-multi-scale + flip and with the dense CRF."""
+"""One ablation run: fit it through the command line, then evaluate its final weights (what the papers report;
+the best checkpoint is chosen on this very split) plainly at the trained output stride and, where the ablation
+file's ``evaluate`` names another one, plainly, with multi-scale + flip and with the dense CRF at that one."""
 from __future__ import annotations
 
 import time
@@ -11,40 +12,55 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ..callbacks import DenseCRFRefinement, MultiScaleInference, ProgressBar, Throughput
-from ..checkpoint_io import AtomicCheckpointIO
+from ..training.module import SegmentationModule
 from .spec import Ablation
 
 
-def _validate(cli: Any, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
-    """Validate the trained model with ``callbacks``; returns ({"final" and, with the CRF, "unrefined": mIoU},
-    seconds)."""
+def at_output_stride(model: SegmentationModule, output_stride: int) -> SegmentationModule:
+    """The trained ``model`` rebuilt at another output stride with the same weights (dilation and stride hold no
+    parameters), as ``test --model.output_stride 8`` evaluates a model trained at 16 (V3 section 4.3). Atrous
+    rates the run set explicitly are scaled with the stride, as the defaults are (6, 12, 18 at 16: 12, 24, 36
+    at 8)."""
+    settings = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # not LightningCLI's entries
+    trained = model.net.output_stride
+    kwargs = dict(settings.get("model_kwargs") or {})
+    if kwargs.get("atrous_rates") is not None:
+        kwargs["atrous_rates"] = [rate * trained // output_stride for rate in kwargs["atrous_rates"]]
+    settings.update(output_stride=output_stride, model_kwargs=kwargs, pretrained_backbone=False, weights=None,
+                    init_checkpoint=None, freeze_bn=False, compile=False)
+    rebuilt = type(model)(**settings)
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt
+
+
+def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
+    """Validate ``model`` with ``callbacks``; returns ({"final" and, with the CRF, "unrefined": mIoU}, seconds)."""
     on_gpu = cli.trainer.strategy.root_device.type == "cuda"
     trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
                         logger=False, callbacks=[*callbacks, ProgressBar(leave=False)], enable_model_summary=False)
     start = time.perf_counter()
-    trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    trainer.validate(model, datamodule=cli.datamodule, verbose=False)
     seconds = time.perf_counter() - start
-    results = {"final": cli.model.evaluation_results("val"),
-               "unrefined": cli.model.evaluation_results("val", unrefined=True)}
+    results = {"final": model.evaluation_results("val"),
+               "unrefined": model.evaluation_results("val", unrefined=True)}
     return {kind: r.mIoU for kind, r in results.items() if r is not None}, seconds
 
 
 def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | None = None) -> dict[str, Any]:
-    """Fit one run through the command line (continuing from checkpoint ``resume``), then evaluate its best
-    checkpoint on this process's device alone; returns the report row's measurements."""
+    """Fit one run through the command line (continuing from checkpoint ``resume``), then evaluate its final
+    weights on this process's device alone; returns the report row's measurements."""
     from ..cli import main
 
     cli = main(["fit", "--config", str(config_path), *(["--ckpt_path", str(resume)] if resume else [])])
     if torch.distributed.is_initialized():  # the other DDP ranks have ended: evaluate here alone
         torch.distributed.destroy_process_group()
-    ckpt = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else None
-    if ckpt:  # evaluate the best checkpoint, not the last weights
-        checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt, map_location=cli.model.device)
-        cli.model.load_state_dict(checkpoint["state_dict"])
+    checkpointing = cli.trainer.checkpoint_callback
+    ckpt = getattr(checkpointing, "last_model_path", None) or None
+    model = cli.model
     if isinstance(cli.trainer.logger, WandbLogger):
         cli.trainer.logger.experiment.finish()  # the next run starts its own wandb run
     throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
-    plain, seconds = _validate(cli, [])
+    plain, seconds = _validate(cli, model, [])
     num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
@@ -53,14 +69,18 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
         "eval_img_s": num_val / seconds,
         "mIoU": plain["final"],
         "steps": cli.trainer.global_step,
-        "checkpoint": ckpt or None,
+        "checkpoint": ckpt,
     }
+    if ablation.output_stride is not None and ablation.output_stride != model.net.output_stride:
+        model = at_output_stride(model, ablation.output_stride)
+        row[f"mIoU_os{ablation.output_stride}"] = _validate(cli, model, [])[0]["final"]
+    row["eval_output_stride"] = model.net.output_stride
     crf = [DenseCRFRefinement(stages=["validate"], **ablation.crf)] if ablation.crf is not None else []
     if crf:
-        row["mIoU_crf"] = _validate(cli, crf)[0]["final"]
+        row["mIoU_crf"] = _validate(cli, model, crf)[0]["final"]
     if ablation.ms_flip is not None:
         ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
-        results = _validate(cli, ms + crf)[0]
+        results = _validate(cli, model, ms + crf)[0]
         row["mIoU_ms_flip"] = results["unrefined"] if crf else results["final"]
         if crf:
             row["mIoU_ms_flip_crf"] = results["final"]

@@ -15,7 +15,9 @@ from ..plots import ablation_figure
 from ..run_folder import write_text_atomic
 
 MIN_THROUGHPUT_STEPS = 50  # fewer measured training steps than this: images/s are too noisy to compare runs
-METRICS = {"mIoU": "mIoU", "mIoU_ms_flip": "+MS/flip", "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
+# mIoU at the trained output stride; at the one `evaluate: {output_stride}` names; then the others, at that one.
+METRICS = {"mIoU": "mIoU", "mIoU_os8": "OS8", "mIoU_os16": "OS16", "mIoU_os32": "OS32", "mIoU_ms_flip": "+MS/flip",
+           "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

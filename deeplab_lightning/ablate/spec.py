@@ -26,11 +26,13 @@ class Ablation:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     ms_flip: dict[str, Any] | None = None
     crf: dict[str, Any] | None = None
+    output_stride: int | None = None
 
     @property
     def evaluate(self) -> dict[str, Any]:
-        """The extra evaluations of each run, as the file states them (a result records the ones it ran)."""
-        return {"ms_flip": self.ms_flip, "crf": self.crf}
+        """The evaluations of each run, as the file states them (a result records the ones it ran)."""
+        settings = {"ms_flip": self.ms_flip, "crf": self.crf}
+        return settings if self.output_stride is None else {**settings, "output_stride": self.output_stride}
 
     def runs(self) -> list[tuple[str, dict[str, Any]]]:
         """(run name, overrides) for every variant and combination of the grid (``base`` without either)."""
@@ -73,8 +75,11 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
         if not isinstance(values, list) or not values:
             _fail(path, f"grid.{key} must be a non-empty list of values, got {values!r}")
     evaluate = spec.get("evaluate") or {}
-    if set(evaluate) - {"ms_flip", "crf"}:
-        _fail(path, f"evaluate takes ms_flip and crf, got {sorted(evaluate)}")
+    if set(evaluate) - {"ms_flip", "crf", "output_stride"}:
+        _fail(path, f"evaluate takes ms_flip, crf and output_stride, got {sorted(evaluate)}")
+    output_stride = evaluate.get("output_stride")
+    if output_stride is not None and output_stride not in (8, 16, 32):
+        _fail(path, f"evaluate.output_stride must be 8, 16 or 32, got {output_stride!r}")
     name = spec.get("name") or path.stem
 
     def kwargs(value: Any) -> dict[str, Any] | None:
@@ -83,7 +88,8 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     return Ablation(name=name, base=base,
                     output_dir=Path(output_dir or spec.get("output_dir") or f"runs/ablations/{name}"),
                     set=dict(spec.get("set") or {}), variants=dict(variants), grid=dict(grid),
-                    ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")))
+                    ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")),
+                    output_stride=output_stride)
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
