@@ -4,7 +4,8 @@
 
 Uses the ``data`` section of an experiment config. Every image and label map is opened and checked as in
 training (readable, same size, labels in range); the summary lists each split's size and per-class pixel
-frequencies, then every problem found, with its file.
+frequencies, then every problem found, with its file, and what would train a wrong model silently: masks
+holding only 0 and the ignore label (binary masks saved as 0/255), a class with no pixel, most pixels ignored.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from .data.base import SegmentationDataModule
 from .data.dataset import SegmentationDataset
+from .data.folder import binary_mask_problem
 
 
 def class_pixel_counts(dataset: SegmentationDataset, description: str = "") -> tuple[torch.Tensor, int, list[str]]:
@@ -36,6 +38,26 @@ def class_pixel_counts(dataset: SegmentationDataset, description: str = "") -> t
     return counts, ignored, problems
 
 
+IGNORED_SHARE_LIMIT = 0.5  # more ignored pixels than this in a split is reported (VOC: ~6 %)
+
+
+def label_problems(split: str, counts: torch.Tensor, ignored: int, class_names: list[str],
+                   ignore_index: int) -> list[str]:
+    """What in a split's label statistics would train a wrong model silently: masks holding only 0 and the
+    ignore label, a class with no pixel, most pixels ignored."""
+    total = int(counts.sum()) + ignored
+    if ignored and int(counts.sum()) == int(counts[0]):
+        return [binary_mask_problem(split, ignore_index)]
+    problems = [f"class {name!r} (index {i}) has no pixel in split {split!r}: it cannot be learned or measured; "
+                f"check the classes, the mask values and the split" for i, name in enumerate(class_names)
+                if counts[i] == 0]
+    if total and ignored / total > IGNORED_SHARE_LIMIT:
+        problems.append(f"{100 * ignored / total:.0f} % of the pixels of split {split!r} are the ignore label "
+                        f"{ignore_index}: they are neither trained nor measured; check the mask values and the "
+                        f"ignore_index setting")
+    return problems
+
+
 def check_data(datamodule: SegmentationDataModule, splits: list[str], console: Console | None = None) -> bool:
     """Print the summary table and the problems; return True when no problem was found."""
     console = console or Console()
@@ -51,7 +73,8 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
             all_problems.append(f"split {split!r}: {err}")
             continue
         counts, ignored, problems = class_pixel_counts(dataset, f"checking {split}")
-        all_problems += problems
+        all_problems += problems + label_problems(split, counts, ignored, list(datamodule.class_names),
+                                                  datamodule.ignore_index)
         total = max(int(counts.sum()), 1)
         table.add_column(f"{split} ({len(dataset)} images)", justify="right")
         columns.append([f"{100 * c / total:.2f}" for c in counts.tolist()] + [f"{ignored:,} px"])

@@ -127,7 +127,8 @@ def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_
     assert not check_data(dm, ["train", "val"], Console(file=screen, width=300))
     report = screen.getvalue()
     assert "'toy_train_00003' twice (lines 4 and 17)" in report and "toy_val_00002.jpg" in report
-    assert "2 problem(s) found" in report
+    # Without the unreadable image, a class has no pixel left in the 6-image val split: also a problem.
+    assert "has no pixel in split 'val'" in report and "3 problem(s) found" in report
 
 
 def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, toy_settings, capsys, write_config,

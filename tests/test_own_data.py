@@ -91,3 +91,60 @@ def test_a_bad_class_file_is_named_with_what_is_wrong(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_classes(str(path))
+
+
+def test_binary_masks_saved_as_0_and_255_are_refused_with_the_fix(tmp_path):
+    """The most common way to save binary masks (0 background, 255 object) makes every object the ignore label:
+    check-data names it as a problem and a fit refuses to start, both saying how to save them instead."""
+    import io
+
+    from rich.console import Console
+
+    from deeplab_lightning.check_data import check_data
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "masks" / split).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 30), (i * 40, 90, 20)).save(tmp_path / "images" / split / f"{i}.jpg")
+            mask = np.zeros((30, 40), np.uint8)
+            mask[5:20, 10:30] = 255
+            Image.fromarray(mask).save(tmp_path / "masks" / split / f"{i}.png")
+    dm = FolderDataModule(str(tmp_path), classes=["background", "object"], crop_size=32, batch_size=2,
+                          num_workers=0)
+    screen = io.StringIO()
+    assert not check_data(dm, ["train", "val"], Console(file=screen, width=300))
+    report = screen.getvalue()
+    assert "hold only 0 and 255, the ignore label" in report and "mask // 255" in report
+    assert "2 problem(s) found" in report
+    with pytest.raises(ValueError, match=r"split 'train' hold only 0 and 255.*checked 4 of 4 masks"):
+        dm.train_dataloader()
+    for i in range(4):  # saved as the fix says: the data trains, and check-data finds nothing
+        for split in ("train", "val"):
+            path = tmp_path / "masks" / split / f"{i}.png"
+            Image.fromarray(np.array(Image.open(path)) // 255).save(path)
+    assert dm.train_dataloader() is not None
+    assert check_data(dm, ["train", "val"], Console(file=io.StringIO(), width=300))
+
+
+def test_check_data_names_a_class_without_pixels_and_a_mostly_ignored_split(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from deeplab_lightning.check_data import check_data
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "masks" / "train").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 30)).save(tmp_path / "images" / "train" / f"{i}.jpg")
+        mask = np.full((30, 40), 255, np.uint8)
+        mask[:5] = 0
+        mask[5:8] = 1
+        Image.fromarray(mask).save(tmp_path / "masks" / "train" / f"{i}.png")
+    dm = FolderDataModule(str(tmp_path), classes=["background", "road", "car"], num_workers=0)
+    screen = io.StringIO()
+    assert not check_data(dm, ["train"], Console(file=screen, width=300))
+    report = screen.getvalue()
+    assert "class 'car' (index 2) has no pixel in split 'train'" in report
+    assert "73 % of the pixels of split 'train' are the ignore label 255" in report

@@ -7,14 +7,16 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import yaml
-
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
 
 from .base import SegmentationDataModule
 from .cityscapes import CityscapesDataModule
 from .classes import voc_palette
-from .dataset import IGNORE_INDEX, Sample
+from .dataset import IGNORE_INDEX, Sample, SegmentationDataset
+from .decode import decode_labels
 from .toy import ToyVOCDataModule
 from .voc import VOCDataModule
 
@@ -79,6 +81,13 @@ def read_classes(classes: Sequence[str] | str) -> tuple[list[str], list[tuple[in
     return [str(n) for n in names], None if palette is None else [tuple(int(v) for v in c) for c in palette]
 
 
+def binary_mask_problem(split: str, ignore_index: int) -> str:
+    """The message for masks that hold only 0 and the ignore label: the usual 0/255 binary masks."""
+    return (f"the masks of split {split!r} hold only 0 and {ignore_index}, the ignore label: the objects would "
+            f"never be trained (only background). If {ignore_index} marks your objects, save the masks with 1 for "
+            f"them (e.g. numpy: mask // 255) and list two classes, [background, object]")
+
+
 class FolderDataModule(SegmentationDataModule):
     """Your own dataset: images and masks in per-split folders (layout: :data:`FOLDER_LAYOUT`), for fit,
     validate, test and predict.
@@ -105,6 +114,26 @@ class FolderDataModule(SegmentationDataModule):
         self.class_names = tuple(names)
         self.palette = tuple(palette or voc_palette())
         self.ignore_index = ignore_index
+
+    def train_dataloader(self) -> DataLoader:
+        """The training loader, after :meth:`check_masks_are_not_binary_ignore` on the training split."""
+        self.check_masks_are_not_binary_ignore(self.dataset(self.train_split, cached=False))
+        return super().train_dataloader()
+
+    def check_masks_are_not_binary_ignore(self, dataset: SegmentationDataset, sampled: int = 16) -> None:
+        """Raise when ``sampled`` masks spread over the split all hold only 0 and the ignore label, the way binary
+        masks are often saved (0/255): training would learn background only, silently. ``check-data`` checks
+        every mask (and more)."""
+        masks = [s.mask for s in dataset.samples if s.mask is not None]
+        picked = masks[:: max(1, len(masks) // sampled)][:sampled]
+        values: set[int] = set()
+        for path in picked:
+            values |= set(np.unique(decode_labels(path)).tolist())
+            if values - {0, self.ignore_index}:
+                return
+        if picked and values == {0, self.ignore_index}:
+            raise ValueError(f"{binary_mask_problem(self.train_split, self.ignore_index)} (checked {len(picked)} of "
+                             f"{len(masks)} masks in {picked[0].parent}; deeplab-lightning check-data checks all)")
 
     def samples(self, split: str) -> list[Sample]:
         image_dir, mask_dir = self.data_dir / "images" / split, self.data_dir / "masks" / split
