@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -44,7 +45,7 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
     """Where a finished fit wrote its checkpoints (the best with its score and step), config and logs, and the
     command that tests its best checkpoint."""
     lines = [f"Run folder: {log_dir}"]
-    best = None
+    best, saved_config = None, None
     for callback in trainer.checkpoint_callbacks:
         if callback.best_model_path:
             best = callback.best_model_path
@@ -58,7 +59,8 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
             lines.append(f"  last checkpoint: {callback.last_model_path} (step {step})")
     for callback in trainer.callbacks:
         if isinstance(callback, SaveRunConfig) and callback.saved_to is not None:
-            lines.append(f"  config: {callback.saved_to}")
+            saved_config = callback.saved_to
+            lines.append(f"  config: {saved_config}")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             mode = os.environ.get("WANDB_MODE", "online")
@@ -68,10 +70,20 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
             lines.append(f"  wandb run ({mode}): {where}")
         elif logger.log_dir:
             lines.append(f"  {type(logger).__name__} logs: {logger.log_dir}")
-    if best is not None:
-        lines.append(" ".join(["Test it: deeplab-lightning test", *(f"--config {c}" for c in configs or []),
-                               f"--ckpt_path {best}"]))
+    if best is not None:  # with the run's own config: it holds the command line's overrides too
+        config_args = [f"--config {saved_config}"] if saved_config else [f"--config {c}" for c in configs or []]
+        lines.append(" ".join([f"Test it: {command_name()} test", *config_args, f"--ckpt_path {best}"]))
     return "\n".join(lines)
+
+
+def command_name() -> str:
+    """``deeplab-lightning`` where that name runs this installation, else the path of this environment's script
+    (the command then works as printed without activating the environment)."""
+    script = Path(sys.executable).parent / "deeplab-lightning"
+    found = shutil.which("deeplab-lightning")
+    if found and Path(found).resolve() == script.resolve():
+        return "deeplab-lightning"
+    return str(script) if script.is_file() else f"{sys.executable} -m deeplab_lightning"
 
 
 class SaveRunConfig(SaveConfigCallback):

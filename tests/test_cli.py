@@ -55,7 +55,15 @@ def test_every_fit_ends_with_a_validation_of_its_final_weights_and_names_its_out
         assert cli.model.evaluation_results("val").mIoU == pytest.approx(checkpoint.best_model_score.item())
     assert f"Run folder: {tmp_path}" in out and f"config: {tmp_path / 'config.yaml'}" in out
     assert f"best checkpoint: {tmp_path / 'ckpt' / 'best.ckpt'} (val/mIoU" in out
-    assert f"Test it: deeplab-lightning test --config {config} --ckpt_path {tmp_path / 'ckpt' / 'best.ckpt'}" in out
+    # The printed test command uses the run's own config (with the command line's overrides) and a command name
+    # that runs without activating the environment; it works as printed.
+    from deeplab_lightning.cli import command_name
+
+    saved, best_path = tmp_path / "config.yaml", tmp_path / "ckpt" / "best.ckpt"
+    assert f"Test it: {command_name()} test --config {saved} --ckpt_path {best_path}" in out
+    assert command_name() == "deeplab-lightning" or Path(command_name().split()[0]).is_file()
+    tested = main(["test", "--config", str(saved), "--ckpt_path", str(best_path)])
+    assert tested.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(checkpoint.best_model_score.item())
 
 
 def test_quickstart_config_parses(capsys):
