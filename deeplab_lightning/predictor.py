@@ -62,9 +62,8 @@ class Predictor:
         at its own size.
 
         ``eval_size``: the canvas the image is padded to with the mean pixel (``"auto"``: the smallest 16k+1
-        holding it; ``None``: the image's own size). ``deeplab-lightning predict`` pads every image of a folder
-        to the canvas of the folder's largest height and width (its data module's ``eval_size``): pass that
-        canvas to get its predictions exactly (the image pooling of V3/V3+ averages over the padding too).
+        holding it, as ``deeplab-lightning predict`` pads each image of a folder; ``None``: the image's own size;
+        the image pooling of V3/V3+ averages over the padding too).
         ``inference``: changes to :class:`~deeplab_lightning.evaluation.Inference` for this call, e.g.
         ``scales=(0.75, 1.0, 1.25), flip=True`` or ``crf=CRFSettings()`` (``crf=True`` for DeepLab V2's).
         """

@@ -171,17 +171,17 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
 
 
 def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_prediction(
-        tmp_path, toy_dir, toy_settings, write_config):
+        tmp_path, toy_dir, toy_settings, write_config, diverse_start):
     from PIL import Image
 
     config = write_config(tmp_path, toy_dir, toy_settings)
-    main(["fit", "--config", str(config)])
+    main(["fit", "--config", str(config), "--model.init_checkpoint", diverse_start])  # predicts every class
     images = tmp_path / "images"
     images.mkdir()
     source = toy_dir / "VOCdevkit/VOC2012/JPEGImages"
     shutil.copy(source / "toy_val_00000.jpg", images / "a.jpg")
     Image.open(source / "toy_val_00001.jpg").save(images / "a.png")  # same stem, another image
-    shutil.copy(source / "toy_val_00002.jpg", images / "b.jpg")
+    Image.open(source / "toy_val_00002.jpg").resize((40, 30)).save(images / "b.jpg")  # smaller than the others
     (images / "notes.txt").write_text("not an image")
 
     def predict(*args):
@@ -202,17 +202,25 @@ def test_predict_writes_pngs_and_overlays_and_never_overwrites_an_input_or_a_pre
         assert overlay.size[0] == 2 * size[0] and overlay.size[1] > size[1]  # image | overlay, legend below
     written = (out / "b.png").stat().st_mtime_ns
 
-    # The Python API gives the command's prediction, from a path, a PIL image or an array.
+    # One image, one prediction: each image is predicted on its own smallest canvas, so the command gives the
+    # Python API's prediction (from a path, a PIL image or an array) whatever else is in the folder.
     import deeplab_lightning
-    from deeplab_lightning.data.dataset import image_size
-    from deeplab_lightning.evaluation import smallest_eval_size
 
     model = deeplab_lightning.load(str(tmp_path / "ckpt" / "last.ckpt"))
-    canvas = smallest_eval_size([image_size(images / name) for name in expected])  # the folder's canvas
+    for name, stem in expected.items():
+        from_cli = np.array(Image.open(out / f"{stem}.png"))
+        assert np.array_equal(model.predict(images / name), from_cli), name
     from_cli = np.array(Image.open(out / "b.png"))
-    for image in (images / "b.jpg", Image.open(images / "b.jpg"), np.array(Image.open(images / "b.jpg"))):
-        labels = model.predict(image, eval_size=canvas)
+    for image in (Image.open(images / "b.jpg"), np.array(Image.open(images / "b.jpg"))):
+        labels = model.predict(image)
         assert labels.dtype == np.uint8 and np.array_equal(labels, from_cli)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(images / "b.jpg", alone / "b.jpg")
+    main(["predict", "--config", str(config), "--data", "deeplab_lightning.data.ImageFolderDataModule",
+          "--data.image_dir", str(alone), "--data.classes", "toy", "--data.num_workers", "0",
+          "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), "--output_dir", str(tmp_path / "alone_out")])
+    assert np.array_equal(np.array(Image.open(tmp_path / "alone_out" / "b.png")), from_cli)
     own_size = model.predict(images / "b.jpg", eval_size=None, scales=(0.75, 1.0), flip=True, crf=True)
     assert own_size.shape == from_cli.shape
     assert model.module.pipeline.settings.scales == (1.0,)  # the options were for that call only

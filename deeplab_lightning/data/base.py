@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 
 from ..compat import loop_position
 from .cache import open_split
-from .dataset import IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate, smallest_eval_size
-from .sampling import EvalSampler, TrainSampler, per_process_batch
+from .dataset import (IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate, pad_collate_own_canvas,
+                      smallest_eval_size)
+from .sampling import CanvasBatchSampler, EvalSampler, TrainSampler, per_process_batch
 from .transforms import RandomScaleCrop, size_pair
 
 # Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
@@ -52,8 +53,10 @@ class SegmentationDataModule(L.LightningDataModule):
             the network's mean pixel, mask with the ignore label), so the network sees one input shape (one
             per scale) and cuDNN autotuning and ``torch.compile`` tune once, as in the TF reference.
             ``"auto"``: the smallest ``16k + 1`` size holding the split's largest image, read from the image
-            headers (513 x 513 for VOC, 1025 x 2049 for Cityscapes); an int or [H, W] sets it (larger images
-            then run window by window at that size); ``null`` runs each image alone at its own size.
+            headers (513 x 513 for VOC, 1025 x 2049 for Cityscapes), and for predict each image's own smallest
+            ``16k + 1`` canvas (its prediction then does not depend on the other images); an int or [H, W] sets
+            it (larger images then run window by window at that size); ``null`` runs each image alone at its own
+            size.
         cache_dir: where ``deeplab-lightning cache`` writes each split decoded (:mod:`~.cache`) and where it is
             looked for; default ``<data_dir>/decoded``.
         use_cache: read a split from its decoded store when there is one (an out-of-date store is an error
@@ -172,9 +175,19 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler.skip_batches(done if done < per_epoch else 0, batch_size)
         return sampler
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, own_canvas: bool = False) -> DataLoader:
+        """The loader of ``split``: training crops, or evaluation images on the split's canvas (``own_canvas``:
+        each image on its own smallest canvas, batches grouped by canvas)."""
         dataset = self.dataset(split, train=train)
         world_size, rank = self._process_group()
+        if own_canvas:
+            sizes = [image_size(s.image) for s in dataset.samples]
+            canvases = [smallest_eval_size([size]) for size in sizes]
+            batches = CanvasBatchSampler(list(EvalSampler(len(dataset), world_size, rank)), canvases,
+                                         self.val_batch_size)
+            return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                              pin_memory=self.pin_memory and torch.cuda.is_available(),
+                              collate_fn=partial(pad_collate_own_canvas, ignore_index=self.ignore_index))
         if train:
             batch_size = per_process_batch(self.batch_size, world_size)
             if len(dataset) < self.batch_size:  # every batch is full (drop_last): not one step would train
@@ -208,4 +221,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader(self.test_split, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_split, train=False)
+        """With ``eval_size: auto`` each image is predicted on its own smallest canvas (as
+        ``deeplab_lightning.load(...).predict(image)`` does), so its prediction does not depend on the other images
+        of the folder; a set ``eval_size`` keeps one canvas (the TF reference's fixed eval crop)."""
+        return self._loader(self.test_split, train=False, own_canvas=self.eval_size == "auto")

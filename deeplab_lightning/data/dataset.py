@@ -175,6 +175,13 @@ def pad_collate(batch: list[dict[str, Any]], size: tuple[int, int] | None = None
     }
 
 
+def pad_collate_own_canvas(batch: list[dict[str, Any]], ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
+    """:func:`pad_collate` on the smallest ``16k + 1`` canvas holding the batch's images (batches of one canvas,
+    as :class:`~deeplab_lightning.data.sampling.CanvasBatchSampler` groups them: each image on its own)."""
+    canvas = smallest_eval_size([tuple(s["image"].shape[-2:]) for s in batch])
+    return pad_collate(batch, size=canvas, ignore_index=ignore_index, fixed=True)
+
+
 def fill_padding(images: torch.Tensor, sizes: Sequence[tuple[int, int]], mean: torch.Tensor | None) -> torch.Tensor:
     """Images [N,3,H,W] with the canvas beyond each image's (h, w) in ``sizes`` filled with ``mean`` [1,3,1,1]
     (the network's mean pixel, which it normalises to zero), as the TF reference pads; a float copy, or the
@@ -200,4 +207,4 @@ def smallest_eval_size(sizes: Sequence[tuple[int, int]], multiple: int = 16) -> 
 
 
 __all__ = ["EXIF_ORIENTATION", "IGNORE_INDEX", "Sample", "SegmentationDataset", "checked_labels", "fill_padding",
-           "image_size", "image_tensor", "pad_collate", "read_image", "read_mask", "smallest_eval_size", "to_uint8"]
+           "image_size", "image_tensor", "pad_collate", "pad_collate_own_canvas", "read_image", "read_mask", "smallest_eval_size", "to_uint8"]

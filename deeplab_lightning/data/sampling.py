@@ -6,10 +6,10 @@ whatever the number of data-loader workers. Both samplers shard across processes
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 def derive_seed(*parts: int) -> int:
@@ -63,6 +63,25 @@ class EvalSampler(DistributedSampler):
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+class CanvasBatchSampler(Sampler[list[int]]):
+    """Batches of at most ``batch_size`` of ``indices`` that share one canvas (``canvases[i]`` of item ``i``),
+    canvas by canvas in order of first appearance: every image is predicted on its own canvas, whatever else is
+    in the folder, and same-size images still run in batches."""
+
+    def __init__(self, indices: Sequence[int], canvases: Sequence[tuple[int, int]], batch_size: int) -> None:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in indices:
+            groups.setdefault(tuple(canvases[i]), []).append(i)
+        self.batches = [group[start: start + batch_size] for group in groups.values()
+                        for start in range(0, len(group), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def per_process_batch(batch_size: int, world_size: int) -> int:
     """The per-process share of a global ``batch_size``; raises when it does not divide evenly."""
     if batch_size % world_size:
@@ -73,4 +92,4 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-__all__ = ["EvalSampler", "TrainSampler", "derive_seed", "per_process_batch"]
+__all__ = ["CanvasBatchSampler", "EvalSampler", "TrainSampler", "derive_seed", "per_process_batch"]
