@@ -23,6 +23,9 @@ from .transforms import RandomScaleCrop, size_pair
 # Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
 # sampler here continues exactly from the restored loop progress instead (see TrainSampler).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# Prediction batches come from CanvasBatchSampler, which returns every index of this process's shard (EvalSampler's):
+# Lightning keeps it (also under DDP) and warns that it cannot check that for a custom batch sampler.
+warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
 
 
 class SegmentationDataModule(L.LightningDataModule):
