@@ -67,6 +67,9 @@ def test_missing_weights_offline_name_the_file_and_folder_in_one_line(torch_home
     message = str(info.value)
     assert "deeplabv3_mobilenet_v3_large-fc3c493d.pth" in message and "\n" not in message
     assert str(torch_home / "hub" / "checkpoints") in message
+    # It names these weights and the setting that asked for them (not ImageNet's, nor pretrained_backbone).
+    assert "trained weights (COCO images of the 20 VOC classes)" in message and "leave model.weights unset" in message
+    assert "ImageNet weights of" not in message and "pretrained_backbone" not in message
 
 
 def test_weights_by_name_refuse_what_they_cannot_honour():

@@ -110,7 +110,9 @@ def torchvision_deeplab(name: str) -> DeepLabV3:
     if name not in TORCHVISION_WEIGHTS:
         raise ValueError(f"torchvision has trained weights for {', '.join(TORCHVISION_WEIGHTS)}, not {name!r}")
     builder, weights = TORCHVISION_WEIGHTS[name]
-    with pretrained_weights(f"torchvision's {name} ({weights})", url=weights.url):
+    with pretrained_weights(f"torchvision's {name} ({weights})", url=weights.url,
+                            kind="trained weights (COCO images of the 20 VOC classes)",
+                            setting="leave model.weights unset to start from ImageNet weights or from scratch"):
         tv_model = builder(weights=weights if loading_weights() else None, weights_backbone=None,
                            num_classes=len(weights.meta["categories"]))
     model = from_torchvision(tv_model)

@@ -61,11 +61,13 @@ class PretrainedWeightsUnavailable(RuntimeError):
 
 
 @contextlib.contextmanager
-def pretrained_weights(what: str, url: str | None = None, hf_repo: str | None = None) -> Iterator[None]:
+def pretrained_weights(what: str, url: str | None = None, hf_repo: str | None = None, kind: str = "ImageNet weights",
+                       setting: str = "set model.pretrained_backbone false") -> Iterator[None]:
     """Run a pretrained-weights load; if it fails for lack of a network (an offline cluster node) or cache,
     raise one line saying which file is needed and where to put it: torchvision's ``url`` goes to
     ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), timm's Hugging Face ``hf_repo`` to the
-    Hugging Face cache (``$HF_HOME/hub``)."""
+    Hugging Face cache (``$HF_HOME/hub``). ``kind`` names the weights and ``setting`` the setting that asked
+    for them."""
     try:
         yield
     except OSError as err:  # URLError, requests' ConnectionError, huggingface_hub's offline / not-cached errors
@@ -81,5 +83,5 @@ def pretrained_weights(what: str, url: str | None = None, hf_repo: str | None = 
                      f"timm.create_model('{hf_repo.split('/')[-1]}', pretrained=True)\") and copy its cache folder "
                      f"models--{hf_repo.replace('/', '--')} into {HF_HUB_CACHE} (set HF_HOME to move it)")
         raise PretrainedWeightsUnavailable(
-            f"The ImageNet weights of {what} are not cached here and could not be downloaded "
-            f"({type(err).__name__}): {where}; or set model.pretrained_backbone false") from err
+            f"The {kind} of {what} are not cached here and could not be downloaded "
+            f"({type(err).__name__}): {where}; or {setting}") from err
