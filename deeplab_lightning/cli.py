@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from rich.console import Console
 
 from .callbacks import (CurrentLastCheckpoint, FinalValidation, NetworkSummary, PreemptionCheckpoint, ScheduleCheck,
@@ -74,6 +74,16 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
         config_args = [f"--config {saved_config}"] if saved_config else [f"--config {c}" for c in configs or []]
         lines.append(" ".join([f"Test it: {command_name()} test", *config_args, f"--ckpt_path {best}"]))
     return "\n".join(lines)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as /proc/cpuinfo lists them; assumed so
+    where there is no such file)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def command_name() -> str:
@@ -240,6 +250,11 @@ class DeepLabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if str(trainer.precision).startswith("bf16") and trainer.strategy.root_device.type == "cpu" \
+                and not cpu_has_native_bf16():
+            rank_zero_warn(f"trainer.precision {trainer.precision} on a CPU without native bfloat16 (no AVX512-BF16 "
+                           f"or AMX): PyTorch emulates it, about 20x slower than fp32; pass --trainer.precision "
+                           f"32-true (the paper configs' bf16 is meant for GPUs)")
         install_atomic_checkpoint_io(trainer.strategy)
         for logger in trainer.loggers:
             drop_wandb_anonymous(logger)

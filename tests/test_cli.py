@@ -278,3 +278,17 @@ def test_the_data_modules_ignore_label_reaches_loss_metrics_and_padding(tmp_path
     assert cli.datamodule.val_dataloader().collate_fn.keywords["ignore_index"] == 254
     for key in ("val/mIoU", "val/loss"):  # the same pixels ignored under another label
         assert cli.trainer.callback_metrics[key].item() == pytest.approx(reference[key].item(), abs=1e-6)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_named_with_the_fix(tmp_path, toy_dir, toy_settings, write_config,
+                                                                 recwarn):
+    """A paper config (bf16-mixed) on such a CPU would run emulated bf16, about 20x slower: one warning says so."""
+    from deeplab_lightning.cli import cpu_has_native_bf16
+
+    config = write_config(tmp_path, toy_dir, toy_settings)
+    main(["validate", "--config", str(config), "--trainer.precision", "bf16-mixed", "--trainer.limit_val_batches",
+          "1"])
+    named = [w for w in recwarn if "without native bfloat16" in str(w.message)]
+    assert len(named) == (0 if cpu_has_native_bf16() else 1)
+    if named:
+        assert "--trainer.precision 32-true" in str(named[0].message)
