@@ -133,7 +133,7 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             image, labels = self.transform(image, labels, generator)
-        else:  # a cached image is a read-only view of the store
+        elif self.cache is not None:  # a read-only view of the store: a copy to hand on (decoded files are fresh)
             image, labels = np.array(image), np.array(labels)
         return {
             "image": torch.from_numpy(image).permute(2, 0, 1),
