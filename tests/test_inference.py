@@ -116,3 +116,51 @@ def test_a_window_that_is_not_a_size_is_named(window):
 
     with pytest.raises(ValueError, match=r"window must be a positive size in pixels"):
         MultiScaleInference(window=window)
+
+
+def _elongated_folder(root):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for name, (h, w) in {"tall": (3000, 20), "wide": (20, 3000)}.items():
+            Image.new("RGB", (w, h), (120, 60, 30)).save(root / "images" / split / f"{name}.png")
+            Image.fromarray(np.zeros((h, w), np.uint8)).save(root / "masks" / split / f"{name}.png")
+
+
+def test_elongated_images_are_evaluated_on_their_own_extent(tmp_path):
+    """A 3000 x 20 and a 20 x 3000 image: with eval_size auto each runs on its own 16k+1 canvas (not 3009 x 3009),
+    and with a small fixed canvas each runs window by window over its own extent (not 18,496 windows over the
+    3000 x 3000 union), with the scores it gets alone."""
+    from deeplab_lightning.data import FolderDataModule
+    from deeplab_lightning.data.dataset import pad_collate
+    from deeplab_lightning.evaluation.pipeline import EvaluationPipeline
+
+    _elongated_folder(tmp_path)
+    dm = FolderDataModule(str(tmp_path), classes=["background", "thing"], val_batch_size=2, num_workers=0)
+    canvases = sorted(tuple(b["image"].shape[-2:]) for b in dm.val_dataloader())
+    assert canvases == [(33, 3009), (3009, 33)]
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
+    net.pixel_mean, net.align_corners = torch.tensor([120.0, 60.0, 30.0]).view(1, 3, 1, 1), False
+    inputs = []
+
+    def network(x):
+        inputs.append(tuple(x.shape))
+        return net(x)
+
+    network.pixel_mean, network.align_corners = net.pixel_mean, False
+    dm = FolderDataModule(str(tmp_path), classes=["background", "thing"], eval_size=33, num_workers=0)
+    samples = [dm.dataset("val")[i] for i in range(2)]
+    pipeline = EvaluationPipeline()
+    with torch.no_grad():
+        together = pipeline(network, pad_collate(samples, size=(33, 33), fixed=True)).final
+        calls = len(inputs)
+        alone = [pipeline(network, pad_collate([s], size=(33, 33), fixed=True)).final[0] for s in samples]
+    assert all(shape[-2:] == (33, 33) for shape in inputs)
+    assert calls == 2 * 136  # windows step 22 over 3000 (136 starts) x one 33-wide column, per image
+    assert [tuple(s.shape[-2:]) for s in together] == [(3000, 20), (20, 3000)]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))

@@ -150,8 +150,8 @@ def test_mIoU_does_not_depend_on_validation_batch_size(toy_dir, toy_settings):
 @pytest.mark.parametrize("scales", [(1.0,), (0.5, 1.0, 1.25)])
 def test_fixed_shape_evaluation_feeds_one_shape_per_scale_and_any_batch_size_gives_one_metric(
         toy_dir, toy_settings, scales):
-    # TF protocol: every validation image (64-80 px here) is padded to one canvas, the smallest 16k + 1 holding
-    # the largest (81 x 81), so the network sees one input shape per scale, whatever the batch size.
+    # TF protocol: every validation image (64-80 px here) is padded to one canvas (eval_size, 81 x 81 here as 513
+    # for VOC), so the network sees one input shape per scale, whatever the batch size.
     from deeplab_lightning.callbacks import MultiScaleInference
 
     torch.manual_seed(0)
@@ -159,11 +159,10 @@ def test_fixed_shape_evaluation_feeds_one_shape_per_scale_and_any_batch_size_giv
     shapes, results = set(), {}
     module.net.register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape[-2:])))
     for bs in (1, 3):
-        dm = ToyVOCDataModule(str(toy_dir), **toy_settings, val_batch_size=bs, num_workers=0)
+        dm = ToyVOCDataModule(str(toy_dir), **toy_settings, val_batch_size=bs, eval_size=81, num_workers=0)
         callbacks = [MultiScaleInference(scales=scales, flip=False, stages=["validate"])]
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
         results[bs] = trainer.validate(module, datamodule=dm, verbose=False)[0]
-    assert dm.eval_canvas("val", dm.dataset("val")) == (81, 81)
     assert shapes == {((81 - 1) * s + 1,) * 2 for s in scales}  # TF's (size - 1) * scale + 1
     for key in ("val/mIoU", "val/pixel_acc", "val/loss"):
         assert results[1][key] == pytest.approx(results[3][key], abs=1e-6)

@@ -55,11 +55,11 @@ class SegmentationDataModule(L.LightningDataModule):
         eval_size: the one canvas (H, W) every validation, test and predict image is padded to (image with
             the network's mean pixel, mask with the ignore label), so the network sees one input shape (one
             per scale) and cuDNN autotuning and ``torch.compile`` tune once, as in the TF reference.
-            ``"auto"``: the smallest ``16k + 1`` size holding the split's largest image, read from the image
-            headers (513 x 513 for VOC, 1025 x 2049 for Cityscapes), and for predict each image's own smallest
-            ``16k + 1`` canvas (its prediction then does not depend on the other images); an int or [H, W] sets
-            it (larger images then run window by window at that size); ``null`` runs each image alone at its own
-            size.
+            ``"auto"`` (the default but for VOC, 513, and Cityscapes, 1025 x 2049, the TF reference's eval crops):
+            each image on its own smallest ``16k + 1`` canvas, read from its header, batches grouped by canvas, so
+            an image's scores depend on nothing else in the split (and equal ``load(...).predict(image)``); an int
+            or [H, W] sets one canvas (larger images then run alone, window by window at that size); ``null`` runs
+            each image alone at its own size.
         cache_dir: where ``deeplab-lightning cache`` writes each split decoded (:mod:`~.cache`) and where it is
             looked for; default ``<data_dir>/decoded``.
         use_cache: read a split from its decoded store when there is one (an out-of-date store is an error
@@ -104,7 +104,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.eval_size = eval_size if eval_size in ("auto", None) else size_pair(eval_size, "eval_size")
-        self._eval_sizes: dict[str, tuple[int, int]] = {}
         self.cache_dir = cache_dir
         self.use_cache = use_cache
         self.num_workers = num_workers
@@ -139,14 +138,6 @@ class SegmentationDataModule(L.LightningDataModule):
             dataset.cache = open_split(folder, dataset)
         return dataset
 
-    def eval_canvas(self, split: str, dataset: SegmentationDataset) -> tuple[int, int] | None:
-        """The evaluation canvas (H, W) of ``split`` (see ``eval_size``); None for per-image evaluation."""
-        if self.eval_size != "auto":
-            return self.eval_size
-        if split not in self._eval_sizes:
-            self._eval_sizes[split] = smallest_eval_size([image_size(s.image) for s in dataset.samples])
-        return self._eval_sizes[split]
-
     def state_dict(self) -> dict[str, int]:
         """Saved in checkpoints: the global training batch, which a resumed fit must keep."""
         return {"batch_size": self.batch_size}
@@ -178,40 +169,36 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler.skip_batches(done if done < per_epoch else 0, batch_size)
         return sampler
 
-    def _loader(self, split: str, train: bool, own_canvas: bool = False) -> DataLoader:
-        """The loader of ``split``: training crops, or evaluation images on the split's canvas (``own_canvas``:
-        each image on its own smallest canvas, batches grouped by canvas)."""
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        """The loader of ``split``: training crops, or evaluation images on ``eval_size`` (``auto``: each image on
+        its own smallest canvas, batches grouped by canvas)."""
         dataset = self.dataset(split, train=train)
         world_size, rank = self._process_group()
-        if own_canvas:
-            sizes = [image_size(s.image) for s in dataset.samples]
-            canvases = [smallest_eval_size([size]) for size in sizes]
-            batches = CanvasBatchSampler(list(EvalSampler(len(dataset), world_size, rank)), canvases,
-                                         self.val_batch_size)
-            return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
-                              pin_memory=self.pin_memory and torch.cuda.is_available(),
-                              collate_fn=partial(pad_collate_own_canvas, ignore_index=self.ignore_index))
+        batching: dict = {"drop_last": train}
         if train:
             batch_size = per_process_batch(self.batch_size, world_size)
             if len(dataset) < self.batch_size:  # every batch is full (drop_last): not one step would train
                 raise ValueError(f"The {split} split has {len(dataset)} images, fewer than one batch "
                                  f"(data.batch_size {self.batch_size}): nothing would train. Lower "
                                  f"data.batch_size to at most {len(dataset)}, or add images")
-            sampler = self._train_sampler(dataset, batch_size)
-            canvas = self.crop_size
+            batching.update(batch_size=batch_size, sampler=self._train_sampler(dataset, batch_size))
+            collate = partial(pad_collate, size=self.crop_size, ignore_index=self.ignore_index)
+        elif self.eval_size == "auto":
+            canvases = [smallest_eval_size([image_size(s.image)]) for s in dataset.samples]
+            batching = {"batch_sampler": CanvasBatchSampler(list(EvalSampler(len(dataset), world_size, rank)),
+                                                            canvases, self.val_batch_size)}
+            collate = partial(pad_collate_own_canvas, ignore_index=self.ignore_index)
         else:
-            batch_size, sampler = self.val_batch_size, EvalSampler(len(dataset), world_size, rank)
-            canvas = self.eval_canvas(split, dataset)
+            batching.update(batch_size=self.val_batch_size, sampler=EvalSampler(len(dataset), world_size, rank))
+            collate = partial(pad_collate, size=self.eval_size, ignore_index=self.ignore_index, fixed=True)
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=train,
+            **batching,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
-            collate_fn=partial(pad_collate, size=canvas, ignore_index=self.ignore_index, fixed=not train),
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -224,7 +211,4 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader(self.test_split, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """With ``eval_size: auto`` each image is predicted on its own smallest canvas (as
-        ``deeplab_lightning.load(...).predict(image)`` does), so its prediction does not depend on the other images
-        of the folder; a set ``eval_size`` keeps one canvas (the TF reference's fixed eval crop)."""
-        return self._loader(self.test_split, train=False, own_canvas=self.eval_size == "auto")
+        return self._loader(self.test_split, train=False)

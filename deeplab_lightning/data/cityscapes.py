@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from torchvision.datasets import Cityscapes
@@ -30,8 +31,10 @@ class CityscapesDataModule(SegmentationDataModule):
 
     Args:
         data_dir: the folder holding ``leftImg8bit/`` and ``gtFine/``.
-        **kwargs: see :class:`SegmentationDataModule`; the papers crop 769x769 (V3) or 513x513, and
-            mmsegmentation's references 512x1024 (``crop_size: [512, 1024]``).
+        crop_size: the papers crop 769x769 (V3) or 513x513, and mmsegmentation's references 512x1024
+            (``[512, 1024]``).
+        eval_size: 1025x2049, the TF reference's eval crop for the 1024x2048 frames.
+        **kwargs: see :class:`SegmentationDataModule`.
 
     Validation runs on the full 1024x2048 images.
     """
@@ -39,9 +42,9 @@ class CityscapesDataModule(SegmentationDataModule):
     class_names = CITYSCAPES_CLASSES
     palette = CITYSCAPES_PALETTE
 
-    def __init__(self, data_dir: str = "data/cityscapes", **kwargs) -> None:
-        kwargs.setdefault("crop_size", 769)
-        super().__init__(**kwargs)
+    def __init__(self, data_dir: str = "data/cityscapes", *, crop_size: int | tuple[int, int] = 769,
+                 eval_size: int | tuple[int, int] | Literal["auto"] | None = (1025, 2049), **kwargs) -> None:
+        super().__init__(crop_size=crop_size, eval_size=eval_size, **kwargs)
         self.data_dir = Path(data_dir)
         self.label_map = cityscapes_label_map()
 

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -223,6 +224,7 @@ class ToyVOCDataModule(VOCDataModule):
         seed: generator seed (the same seed writes the same files).
         colour_cue: draw each shape class in its own hue band (the quickstart's easier task); by default
             objects have random colours and only their shape tells the class.
+        eval_size: each image on its own canvas (``"auto"``), not VOC's 513 x 513.
         **kwargs: see :class:`SegmentationDataModule`.
     """
 
@@ -230,8 +232,9 @@ class ToyVOCDataModule(VOCDataModule):
 
     def __init__(self, data_dir: str = "data/toy_voc", *, num_train: int = 1000, num_val: int = 100,
                  size_range: tuple[int, int] = (120, 160), seed: int = 0, colour_cue: bool = False,
-                 train_split: str = "train", **kwargs) -> None:
-        super().__init__(data_dir, train_split=train_split, **kwargs)
+                 train_split: str = "train", eval_size: int | tuple[int, int] | Literal["auto"] | None = "auto",
+                 **kwargs) -> None:
+        super().__init__(data_dir, train_split=train_split, eval_size=eval_size, **kwargs)
         self.toy_settings = {"num_train": num_train, "num_val": num_val, "size_range": tuple(size_range),
                              "seed": seed, "colour_cue": colour_cue}
 

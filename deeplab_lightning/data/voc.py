@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from torchvision.datasets import SBDataset
 
@@ -71,6 +72,7 @@ class VOCDataModule(SegmentationDataModule):
         sbd_dir: the folder holding SBD's ``img/``, ``cls/``, ``train.txt`` and ``val.txt`` (for ``train_aug``).
         train_split: ``"train_aug"`` (the papers' 10,582 images), ``"train"`` (1,464) or any list name.
         **kwargs: see :class:`SegmentationDataModule` (crop_size=513, scale_range=(0.5, 2.0), ...).
+        eval_size: 513 x 513, the TF reference's eval crop (VOC images are at most 500 x 500).
 
     Split lists are read strictly (a repeated id is an error naming its lines; torchvision's
     ``VOCSegmentation`` would turn a blank line into an image named ``.jpg``). ``train_aug`` = VOC train
@@ -85,8 +87,8 @@ class VOCDataModule(SegmentationDataModule):
     palette = tuple(voc_palette())
 
     def __init__(self, data_dir: str = "data/voc", *, sbd_dir: str | None = None, train_split: str = "train_aug",
-                 **kwargs) -> None:
-        super().__init__(train_split=train_split, **kwargs)
+                 eval_size: int | tuple[int, int] | Literal["auto"] | None = 513, **kwargs) -> None:
+        super().__init__(train_split=train_split, eval_size=eval_size, **kwargs)
         self.data_dir = Path(data_dir)
         self.sbd_dir = Path(sbd_dir) if sbd_dir is not None else None
 

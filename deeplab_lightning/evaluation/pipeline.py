@@ -6,9 +6,9 @@ mean pixel, calls the network at every scale and flip (window by window where ne
 each image and refines them with the dense CRF. It calls the network; the network never calls back.
 
 Fixed-shape evaluation (the TF reference's protocol): the data module pads every evaluation image to one size
-(the smallest ``16k + 1`` holding the split's largest image: 513 x 513 for VOC, 1025 x 2049 for Cityscapes), and
-the network sees that one shape (one per scale with multi-scale inference) whatever the images' sizes and the
-batch size.
+(513 x 513 for VOC, 1025 x 2049 for Cityscapes; by default, for other data, each image to its own smallest
+``16k + 1`` canvas, batches grouped by canvas), and the network sees that shape (one per scale with multi-scale
+inference) whatever the batch size.
 """
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def per_image(tensor: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[to
     return [tensor[i, ..., :h, :w] for i, (h, w) in enumerate(sizes)]
 
 
+def own_extents(tensor: torch.Tensor, sizes: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> list[torch.Tensor]:
+    """Each image of a padded batch [N, ..., H, W] on the smallest region holding both it and ``canvas``
+    ([..., max(h_i, H_c), max(w_i, W_c)]): a 3000 x 20 image batched with a 20 x 3000 one is not run on 3000 x 3000."""
+    return [tensor[i, ..., :max(h, canvas[0]), :max(w, canvas[1])] for i, (h, w) in enumerate(sizes)]
+
+
 class EvaluationPipeline:
     """Runs a :class:`Network` on evaluation batches as its :attr:`settings` say; see the module docstring."""
 
@@ -118,13 +124,19 @@ class EvaluationPipeline:
         ``canvas`` for fixed-shape evaluation, as :func:`~deeplab_lightning.data.dataset.pad_collate` makes it).
 
         A fixed-shape batch runs whole on its canvas, its padding filled with the mean pixel, as the TF reference
-        evaluates; otherwise each image runs alone at its own size. Either way a prediction does not depend on
-        the batch size.
+        evaluates; an image larger than the canvas runs alone on its own extent (at least the canvas), window by
+        window at the canvas size; without a canvas each image runs alone at its own size. Either way a
+        prediction depends neither on the batch size nor on the other images of the batch.
         """
         sizes, canvas = batch["size"], batch.get("canvas")
-        if canvas is not None:
+        if canvas is not None and all(h <= canvas[0] and w <= canvas[1] for h, w in sizes):
             images = fill_padding(batch["image"], sizes, network.pixel_mean) if batch.get("padded") else batch["image"]
             scores = per_image(self._scores(network, images, canvas), sizes)
+        elif canvas is not None:  # an image larger than the canvas: each alone on its own extent, window by window
+            scores = []
+            for image, (h, w) in zip(own_extents(batch["image"], sizes, canvas), sizes):
+                image = fill_padding(image[None], [(h, w)], network.pixel_mean)
+                scores.append(self._scores(network, image, canvas)[0, :, :h, :w])
         else:
             scores = [self._scores(network, image[None], None)[0] for image in per_image(batch["image"], sizes)]
         if self.settings.crf is None:
