@@ -23,7 +23,7 @@ ABLATION = REPO / "experiments" / "ablations" / "toy_v3plus_os_pooling.yaml"
 
 
 def timed(args: list[str], out: Path) -> float:
-    command = [sys.executable, "-m", "deeplab_lightning", "ablate", str(ABLATION), "--output-dir", str(out), *args]
+    command = [sys.executable, "-m", "deeplab_lightning", "ablate", str(ABLATION), "--output_dir", str(out), *args]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     return time.perf_counter() - start

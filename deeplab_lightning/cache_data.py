@@ -18,6 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .console import help_text
 from .data.base import SegmentationDataModule
 from .data.cache import is_current, write_split
 
@@ -68,7 +69,7 @@ def cache_splits(datamodule: SegmentationDataModule, splits: list[str], workers:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="deeplab-lightning cache", description=__doc__)
+    parser = ArgumentParser(prog="deeplab-lightning cache", description=help_text(__doc__))
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
     parser.add_argument("--splits", type=list[str] | None, default=None,

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from .console import help_text
 from .data.base import SegmentationDataModule
 from .data.dataset import SegmentationDataset
 from .data.folder import binary_mask_problem
@@ -88,7 +89,7 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="deeplab-lightning check-data", description=__doc__)
+    parser = ArgumentParser(prog="deeplab-lightning check-data", description=help_text(__doc__))
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
     parser.add_argument("--splits", type=list[str], default=["train", "val"])

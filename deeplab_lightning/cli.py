@@ -21,6 +21,7 @@ from .callbacks import (CurrentLastCheckpoint, FinalValidation, NetworkSummary, 
 from .checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
 from .compat import check_private_api
 from .data.base import SegmentationDataModule
+from .errors import ConciseArgumentParser
 from .experiment import derive_run_paths, standard_callbacks
 from .training import SegmentationModule
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
@@ -303,7 +304,9 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
             auto_configure_optimizers=False,
             save_config_callback=SaveRunConfig,
             trainer_defaults={"enable_model_summary": False},  # NetworkSummary instead (see quiet.py)
-            parser_kwargs={"allow_abbrev": False},  # a misspelt key is an error, never a prefix match
+            parser_kwargs={"allow_abbrev": False,  # a misspelt key is an error, never a prefix match
+                           "prog": "deeplab-lightning"},  # also under python -m deeplab_lightning
+            parser_class=ConciseArgumentParser,
         )
     finally:
         sys.argv = argv

@@ -2,6 +2,7 @@
 and ``export``."""
 from __future__ import annotations
 
+import re
 import sys
 
 from . import __version__
@@ -16,6 +17,12 @@ SUBCOMMANDS = {
     "ablate": "train and compare a grid of variants from one YAML (table, CSV, JSON, plots)",
     "export": "write a checkpoint's network as ONNX, TorchScript or a torch.export program",
 }
+
+
+def help_text(doc: str) -> str:
+    """A module docstring as a terminal shows it: ``code`` and Sphinx roles (:mod:`.local`) as plain text."""
+    doc = re.sub(r":\w+:`~?\.*([^`]+)`", r"\1", doc)
+    return doc.replace("``", "")
 
 
 def usage() -> str:
@@ -39,22 +46,30 @@ def console_main() -> None:
     if args[0] not in SUBCOMMANDS:
         print(f"{usage()}\n\ndeeplab-lightning: error: unknown subcommand {args[0]!r}", file=sys.stderr)
         sys.exit(2)
-    if args[0] == "check-data":
+    from .errors import reporting_user_errors
+
+    sys.exit(reporting_user_errors(args[0], lambda: _dispatch(args[0], args[1:])))
+
+
+def _dispatch(command: str, args: list[str]) -> int:
+    """Run ``command`` with its arguments; its exit status."""
+    if command == "check-data":
         from .check_data import main as check_data_main
 
-        sys.exit(check_data_main(args[1:]))
-    if args[0] == "cache":
+        return check_data_main(args)
+    if command == "cache":
         from .cache_data import main as cache_main
 
-        sys.exit(cache_main(args[1:]))
-    if args[0] == "ablate":
+        return cache_main(args)
+    if command == "ablate":
         from .ablate import main as ablate_main
 
-        sys.exit(ablate_main(args[1:]))
-    if args[0] == "export":
+        return ablate_main(args)
+    if command == "export":
         from .export import main as export_main
 
-        sys.exit(export_main(args[1:]))
+        return export_main(args)
     from .cli import main
 
     main()
+    return 0

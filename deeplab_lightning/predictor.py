@@ -26,6 +26,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> S
     with architectures_only():
         module = SegmentationModule(**{**hparams, "compile": False})
     module.load_state_dict(checkpoint["state_dict"])
+    module.palette = checkpoint.get("palette")
     return module.to(map_location).eval()
 
 

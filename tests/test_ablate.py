@@ -89,7 +89,7 @@ def test_dotted_keys_step_into_init_args():
 def test_shipped_ablations_write_configs_that_parse(path, tmp_path):
     ablation = load_ablation(path, tmp_path)
     assert len(ablation.runs()) >= 2
-    assert main([str(path), "--output-dir", str(tmp_path), "--dry-run"]) == 0
+    assert main([str(path), "--output_dir", str(tmp_path), "--dry_run"]) == 0
     name, overrides = ablation.runs()[0]
     config = run_config(ablation, yaml.safe_load(ablation.base.read_text()), name, overrides, tmp_path)
     assert [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"][-2:]] == ["Throughput", "RunStatus"]
@@ -115,4 +115,4 @@ def test_dry_run_catches_a_model_argument_the_architecture_lacks(tmp_path):
         "base": str(REPO / "experiments" / "quickstart.yaml"),  # its model_kwargs include decoder_channels
         "variants": {"v3": {"model.arch": "deeplabv3_resnet18"}}}))
     with pytest.raises(ValueError, match="deeplabv3_resnet18 cannot be built.*decoder_channels"):
-        main([str(path), "--output-dir", str(tmp_path / "out"), "--dry-run"])
+        main([str(path), "--output_dir", str(tmp_path / "out"), "--dry_run"])

@@ -60,7 +60,7 @@ def test_local_queue_runs_two_runs_at_once_each_on_its_own_devices(tmp_path, toy
     assert "started output_stride=16 on CUDA_VISIBLE_DEVICES=0" in printed and "done output_stride=8: mIoU" in printed
     assert -1 < printed.index(f"Preparing the data of ToyVOCDataModule ({fresh})") < printed.index("started")
     with pytest.raises(SystemExit):  # groups must split the GPUs evenly
-        main([str(path), "--gpus", "0,1,2", "--gpus-per-run", "2"])
+        main([str(path), "--gpus", "0,1,2", "--gpus_per_run", "2"])
     assert "must divide the 3 GPUs" in capsys.readouterr().err
 
 
@@ -106,7 +106,7 @@ def test_one_run_by_hand_and_a_report_that_lists_failed_and_missing_runs(tmp_pat
                                     "later": {"model.output_stride": 8}})
     assert main([str(path), "--run", "good"]) == 0
     with pytest.raises(TypeError, match="no_such_argument"):
-        main([str(path), "--run-index", "0"])  # the file lists broken, good, later
+        main([str(path), "--run_index", "0"])  # the file lists broken, good, later
     capsys.readouterr()
     assert main([str(path), "--report"]) == 1
     printed = capsys.readouterr().out
@@ -125,11 +125,11 @@ def test_one_run_by_hand_and_a_report_that_lists_failed_and_missing_runs(tmp_pat
 
 
 def test_a_run_of_two_devices_trains_with_ddp_and_rank_zero_evaluates(tmp_path, toy_dir, toy_settings, write_config):
-    """--gpus-per-run 2: the run's fit starts a second process (DDP, gloo on the CPU), which runs the same fit
+    """--gpus_per_run 2: the run's fit starts a second process (DDP, gloo on the CPU), which runs the same fit
     command; rank 0 alone evaluates and writes the result."""
     path = write_ablation(tmp_path, write_config(tmp_path / "base", toy_dir, toy_settings), max_steps=2, grid={},
                           set={"trainer.max_steps": 2, "trainer.devices": 2, "trainer.strategy": "ddp"})
-    assert main([str(path), "--gpus", "0,1", "--gpus-per-run", "2"]) == 0
+    assert main([str(path), "--gpus", "0,1", "--gpus_per_run", "2"]) == 0
     run = plan(load_ablation(path))[0]
     log = (run.folder / "ablate.log").read_text()
     assert "MEMBER: 2/2" in log and read_json(run.folder / "attempt.json")["devices"] == "0,1"

@@ -5,11 +5,11 @@ without multi-scale + flip and dense CRF, and compare the runs in one report (a 
 Three ways to run the grid, each writing every run to its own folder under ``output_dir``:
 
 - one run after another in this process (the default);
-- ``--gpus 0,1,2,3 [--gpus-per-run K]``: a local queue of child processes, one per group of K GPUs
+- ``--gpus 0,1,2,3 [--gpus_per_run K]``: a local queue of child processes, one per group of K GPUs
   (:mod:`.local`);
 - ``--slurm``: a SLURM job array, one task per run, and a report job after it (:mod:`.slurm`).
 
-``--run NAME`` (or ``--run-index I``) trains and evaluates one run; ``--report`` gathers the report from the
+``--run NAME`` (or ``--run_index I``) trains and evaluates one run; ``--report`` gathers the report from the
 run folders at any time, listing runs that are missing, running or failed (:mod:`.state`).
 
 An ablation file (YAML; paths relative to it)::
@@ -50,6 +50,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from ..console import help_text
 from ..run_folder import RunFolderBusy, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .local import LocalQueue, gpu_groups
@@ -131,35 +132,49 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deeplab-lightning ablate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="deeplab-lightning ablate", description=help_text(__doc__.split("\n\n")[0]))
     parser.add_argument("file", help="ablation YAML (see experiments/ablations/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key in every run, after the file's set: (repeatable), "
                              "e.g. --set trainer.max_steps=20 --set data.batch_size=8")
-    parser.add_argument("--output-dir", help="where runs and the report go (overrides the file's output_dir)")
+    parser.add_argument("--output_dir", help="where runs and the report go (overrides the file's output_dir)")
     parser.add_argument("--force", action="store_true", help="retrain every run (earlier files kept in earlier/)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="write and check every run's config, train nothing")
+    mode.add_argument("--dry_run", action="store_true", help="write and check every run's config, train nothing")
     mode.add_argument("--gpus", metavar="LIST", help="run the grid as a local queue, one run per group of "
-                      "--gpus-per-run GPUs at a time, e.g. --gpus 0,1,2,3")
+                      "--gpus_per_run GPUs at a time, e.g. --gpus 0,1,2,3")
     mode.add_argument("--slurm", action="store_true", help="submit the grid as a SLURM job array and a report job")
     mode.add_argument("--run", metavar="NAME", help="train and evaluate the run of this name only")
-    mode.add_argument("--run-index", type=int, metavar="I", help="train and evaluate run I (from 0) only")
+    mode.add_argument("--run_index", type=int, metavar="I", help="train and evaluate run I (from 0) only")
     mode.add_argument("--report", action="store_true", help="write the report from the run folders as they are")
-    parser.add_argument("--gpus-per-run", type=int, default=1, metavar="K",
+    parser.add_argument("--gpus_per_run", type=int, default=1, metavar="K",
                         help="GPUs of each run with --gpus or --slurm (DDP inside the run when K > 1)")
     slurm = parser.add_argument_group("SLURM (with --slurm)")
     slurm.add_argument("--partition", help="the partition of every job")
     slurm.add_argument("--time", help="time limit of each run's task, e.g. 24:00:00 (it is requeued before it)")
-    slurm.add_argument("--max-parallel", type=int, metavar="N", help="at most N runs at once (%%N of --array)")
-    slurm.add_argument("--cpus-per-task", type=int, help="CPUs of each task (default: the data loader's "
+    slurm.add_argument("--max_parallel", type=int, metavar="N", help="at most N runs at once (%%N of --array)")
+    slurm.add_argument("--cpus_per_task", type=int, help="CPUs of each task (default: the data loader's "
                        "num_workers + 1)")
-    slurm.add_argument("--no-submit", action="store_true", help="only write the scripts")
+    slurm.add_argument("--no_submit", action="store_true", help="only write the scripts")
     return parser
 
 
+HYPHENATED = ("--output-dir", "--dry-run", "--gpus-per-run", "--run-index", "--max-parallel", "--cpus-per-task",
+              "--no-submit")
+
+
+def underscored(argv: list[str]) -> list[str]:
+    """Options spelt with underscores, as every other subcommand spells them (the hyphenated spellings of earlier
+    versions, ``--dry-run``, are still read)."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        out.append("--" + name[2:].replace("-", "_") + sep + value if name in HYPHENATED else arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(underscored(sys.argv[1:] if argv is None else argv))
     try:
         assignments = [parse_assignment(text) for text in args.set]
     except argparse.ArgumentTypeError as err:
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         restart_all(ablation)
     prepare(ablation, console)
     command = [sys.executable, "-m", "deeplab_lightning", "ablate", str(Path(args.file).resolve()),
-               "--output-dir", str(ablation.output_dir.resolve()), *(f"--set={text}" for text in args.set)]
+               "--output_dir", str(ablation.output_dir.resolve()), *(f"--set={text}" for text in args.set)]
     if args.slurm:
         return _slurm(ablation, args, command, console)
     if groups:
@@ -200,7 +215,7 @@ def _run_single(ablation: Ablation, name: str | None, index: int | None, console
     runs = plan(ablation)
     names = [r.name for r in runs]
     if index is not None and not 0 <= index < len(runs):
-        raise ValueError(f"--run-index {index}: ablation {ablation.name} has runs 0..{len(runs) - 1}")
+        raise ValueError(f"--run_index {index}: ablation {ablation.name} has runs 0..{len(runs) - 1}")
     if name is not None and name not in names:
         raise ValueError(f"--run {name!r}: ablation {ablation.name} has no such run; its runs: {', '.join(names)}")
     run = runs[index] if index is not None else runs[names.index(name)]

@@ -1,4 +1,4 @@
-"""``ablate FILE --gpus 0,1,2,3 [--gpus-per-run K]``: the grid as a queue of child processes on one machine,
+"""``ablate FILE --gpus 0,1,2,3 [--gpus_per_run K]``: the grid as a queue of child processes on one machine,
 each pinned to its own group of K GPUs (``CUDA_VISIBLE_DEVICES``; DDP inside the group when K > 1, on its own
 port), as many at once as there are groups, with one live display of every run.
 
@@ -38,7 +38,7 @@ def gpu_groups(gpus: str, per_run: int) -> list[str]:
     if not ids or len(set(ids)) != len(ids):
         raise ValueError(f"--gpus {gpus!r}: expected distinct GPU indices separated by commas, e.g. --gpus 0,1,2,3")
     if per_run < 1 or len(ids) % per_run:
-        raise ValueError(f"--gpus-per-run {per_run} must divide the {len(ids)} GPUs of --gpus {gpus} into equal "
+        raise ValueError(f"--gpus_per_run {per_run} must divide the {len(ids)} GPUs of --gpus {gpus} into equal "
                          f"groups")
     return [",".join(ids[i:i + per_run]) for i in range(0, len(ids), per_run)]
 

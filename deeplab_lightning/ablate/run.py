@@ -1,7 +1,7 @@
 """One run of an ablation, by whichever process is given it: take the run's folder, continue its fit from the
 newest checkpoint there (or start it), evaluate it and write its result; a finished run is not trained again.
 
-Under DDP (``--gpus-per-run`` > 1) only global rank 0 owns the folder. The other ranks train with the checkpoint
+Under DDP (``--gpus_per_run`` > 1) only global rank 0 owns the folder. The other ranks train with the checkpoint
 rank 0 chose and leave the evaluation to it: those Lightning starts run rank 0's ``fit`` command line, those
 ``srun`` starts (one task per GPU) wait for rank 0's attempt record.
 """

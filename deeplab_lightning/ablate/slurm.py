@@ -1,7 +1,7 @@
 """``ablate FILE --slurm``: the grid as a SLURM job array (one task per run) and a report job that runs after
 the array ends, whatever its tasks' outcomes (``--dependency=afterany``).
 
-Each task runs ``deeplab-lightning ablate FILE --run-index $SLURM_ARRAY_TASK_ID`` under ``srun`` (one task per
+Each task runs ``deeplab-lightning ablate FILE --run_index $SLURM_ARRAY_TASK_ID`` under ``srun`` (one task per
 GPU of the run, so that Lightning runs DDP from SLURM's variables). ``--signal=USR1@120`` lets Lightning save
 ``hpc_ckpt_N.ckpt`` and requeue the task (``--requeue``) before its time limit or a pre-emption; the requeued
 task continues the run in the same folder from its newest checkpoint. Logs go to ``<output_dir>/slurm/``.
@@ -28,7 +28,7 @@ def write_scripts(ablation: Ablation, command: list[str], num_runs: int, *, part
                   time: str | None = None, max_parallel: int | None = None, gpus_per_run: int = 1,
                   cpus_per_task: int = 1) -> tuple[Path, Path]:
     """Write ``<output_dir>/slurm/array.sbatch`` and ``report.sbatch`` (numbered when earlier ones exist);
-    ``command`` is the ablate command every task runs, without ``--run-index``."""
+    ``command`` is the ablate command every task runs, without ``--run_index``."""
     folder = (ablation.output_dir / "slurm").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     job = f"ablate-{ablation.name}"
@@ -37,7 +37,7 @@ def write_scripts(ablation: Ablation, command: list[str], num_runs: int, *, part
     array_options = {"job-name": job, "array": array, "nodes": 1, "ntasks-per-node": max(gpus_per_run, 1),
                      "gres": f"gpu:{gpus_per_run}" if gpus_per_run else None, "cpus-per-task": cpus_per_task,
                      "time": time, "output": folder / "%A_%a.log", "open-mode": "append", **common}
-    run = shlex.join([*command, "--run-index"])
+    run = shlex.join([*command, "--run_index"])
     array_text = "\n".join([
         "#!/bin/bash", f"# Ablation {ablation.name}: {num_runs} runs, one array task each (deeplab-lightning ablate "
         "--slurm).", *_header(array_options), "#SBATCH --requeue", "#SBATCH --signal=USR1@120",
@@ -64,7 +64,7 @@ def sbatch(*args: str) -> str:
     try:
         out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise RuntimeError("sbatch is not installed here: run on a SLURM login node, or pass --no-submit to only "
+        raise RuntimeError("sbatch is not installed here: run on a SLURM login node, or pass --no_submit to only "
                            "write the scripts") from None
     if out.returncode != 0:
         raise RuntimeError(f"sbatch {' '.join(args)} failed: {out.stderr.strip() or out.stdout.strip()}")

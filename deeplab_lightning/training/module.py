@@ -127,6 +127,7 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
         default_names = getattr(self.net, "class_names", None) or [str(i) for i in range(num_classes)]
         self.class_names = list(class_names) if class_names is not None else list(default_names)
+        self.palette: list[list[int]] | None = None  # [r, g, b] per class, restored from a checkpoint that saved it
         self.num_classes = num_classes
         self.pipeline = EvaluationPipeline()  # how validation, test and predict run the network
         self.evaluator = Evaluator(num_classes, ignore_index, self.class_names)
@@ -284,12 +285,16 @@ class SegmentationModule(L.LightningModule):
         self.guard.check_checkpoint(checkpoint, self.global_step)
         checkpoint["run_info"] = run_info()
         checkpoint["skipped_steps"] = self.guard.skipped_steps
+        palette = getattr(self._trainer and self._trainer.datamodule, "palette", None) or self.palette
+        if palette:  # the data's class colours, for exported files and predictions outside a data module
+            checkpoint["palette"] = [[int(v) for v in colour] for colour in palette[:self.hparams.num_classes]]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or number of classes, and a resumed fit whose optimizer
         settings differ from the saved ones (the restored optimizer would silently keep the saved ones), naming
         both values."""
         self.guard.skipped_steps = checkpoint.get("skipped_steps", 0)
+        self.palette = checkpoint.get("palette", self.palette)
         self._checkpoint_step = checkpoint.get("global_step")
         saved = checkpoint.get("hyper_parameters", {})
         for key in ("arch", "num_classes"):
