@@ -174,7 +174,7 @@ class DeepLabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        derive_run_paths(config)
+        derive_run_paths(config, self.subcommand)
         self._configure_wandb(config.trainer)
         if self.subcommand == "fit":
             self._claim_run_folder(config)
@@ -239,6 +239,8 @@ class DeepLabCLI(LightningCLI):
                                      "<trainer.default_root_dir>/predictions, or predictions-N if that exists)")
             parser.add_argument("--overwrite", type=bool, default=False,
                                 help="Replace predictions already in output_dir (otherwise they are refused)")
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)  # IoUTable prints the metrics; Lightning's table would repeat them
         return parser
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:

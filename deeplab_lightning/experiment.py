@@ -23,14 +23,25 @@ def experiment_name(config_files: Sequence[Any] | None) -> str | None:
     return Path(str(config_files[-1])).stem if config_files else None
 
 
-def derive_run_paths(config: Any) -> None:
+def checkpoint_run_folder(ckpt_path: Any) -> Path | None:
+    """The run folder a checkpoint was saved in (``runs/x`` of ``runs/x/checkpoints/best.ckpt``), else None."""
+    if not isinstance(ckpt_path, (str, Path)) or str(ckpt_path) in ("best", "last", "hpc", "registry"):
+        return None
+    path = Path(ckpt_path)
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def derive_run_paths(config: Any, subcommand: str = "fit") -> None:
     """Fill, in place, what a parsed subcommand config leaves unset: ``trainer.default_root_dir`` becomes
-    ``runs/<experiment>``, and a WandbLogger's ``name`` the experiment's name and its ``save_dir`` (default
-    ``"."``) the run folder."""
+    ``runs/<experiment>`` (for validate, test and predict of a run's checkpoint, that run's folder, whatever
+    evaluation config is added), and a WandbLogger's ``name`` the experiment's name and its ``save_dir``
+    (default ``"."``) the run folder."""
     name = experiment_name(config.get("config"))
     trainer = config.trainer
-    if name is not None and trainer.default_root_dir is None:
-        trainer.default_root_dir = str(RUNS_ROOT / name)
+    if trainer.default_root_dir is None:
+        run = checkpoint_run_folder(config.get("ckpt_path")) if subcommand != "fit" else None
+        if run is not None or name is not None:
+            trainer.default_root_dir = str(run if run is not None else RUNS_ROOT / name)
     loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
     for logger in loggers:
         if not (hasattr(logger, "class_path") and logger.class_path.endswith("WandbLogger")):

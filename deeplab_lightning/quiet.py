@@ -11,6 +11,8 @@ What is dropped, and why it is harmless here:
 - wandb's banner and closing lines (``WANDB_SILENT``, unless set otherwise: the run folder, the sync command
   or the run's URL are printed at the end of a fit; errors still show) and its ``anonymous`` deprecation
   warning (Lightning's ``WandbLogger`` always passes the setting; :func:`drop_wandb_anonymous` removes it);
+- Lightning's warning that an epoch has fewer batches than ``log_every_n_steps``: training here is counted in
+  steps, and metrics are logged every ``log_every_n_steps`` global steps across epochs;
 - Lightning's model summary table, which lists the metric modules and ``Total FLOPs: 0``: the command prints
   :class:`~deeplab_lightning.callbacks.NetworkSummary` instead.
 """
@@ -41,6 +43,7 @@ def silence_third_party_noise() -> None:
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     if "SLURM_JOB_ID" not in os.environ:
         warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     os.environ.setdefault("WANDB_SILENT", "true")

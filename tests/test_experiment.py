@@ -32,6 +32,14 @@ def test_run_folder_and_wandb_name_come_from_the_experiment_file_unless_set():
     assert (config.trainer.default_root_dir, config.trainer.logger.init_args.name,
             config.trainer.logger.init_args.save_dir) == ("elsewhere", "mine", "logs")
 
+    # a run's checkpoint evaluated with an added evaluation config: the run's folder (Lightning then finds the
+    # checkpoint's callback where it was saved), named after the evaluation in wandb
+    config = wandb_config([Path("quickstart.yaml"), Path("quickstart_eval_ms_flip_crf.yaml")])
+    config.ckpt_path = "runs/quickstart/checkpoints/best.ckpt"
+    derive_run_paths(config, "test")
+    assert config.trainer.default_root_dir == str(Path("runs/quickstart"))
+    assert config.trainer.logger.init_args.name == "quickstart_eval_ms_flip_crf"
+
     config = wandb_config(None)  # no config file: nothing to name it after, Lightning's defaults stay
     derive_run_paths(config)
     assert config.trainer.default_root_dir is None and config.trainer.logger.init_args.name is None

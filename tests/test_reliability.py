@@ -101,6 +101,13 @@ def test_sixteen_bit_and_rgba_images_are_read_as_8_bit_rgb(tmp_path):
     rgba[..., 0], rgba[..., 3] = 200, 10
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
     assert read_image(tmp_path / "a.png")[:, 0, 0].tolist() == [200, 0, 0]
+    # the Python API's other inputs: an RGBA array or tensor is the same image as the file and the PIL image
+    from deeplab_lightning.data.dataset import image_tensor
+
+    for same in (rgba, torch.from_numpy(rgba).permute(2, 0, 1), Image.fromarray(rgba, mode="RGBA")):
+        assert torch.equal(image_tensor(same), read_image(tmp_path / "a.png"))
+    with pytest.raises(FileNotFoundError, match=r"missing.png does not exist; check the path"):
+        image_tensor(tmp_path / "missing.png")
 
 
 def test_full_cityscapes_frame_is_evaluated_window_by_window_on_cpu():

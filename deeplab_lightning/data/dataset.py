@@ -33,7 +33,7 @@ def read_image(path: Path) -> torch.Tensor:
 
 def image_tensor(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """RGB uint8 [3, H, W] from a file path (as :func:`read_image`), a PIL image, an array [H, W, 3] or [H, W], or
-    a tensor [3, H, W]; values of another type are converted where their scale is unambiguous (see
+    a tensor [3, H, W] (RGBA [H, W, 4] / [4, H, W]: alpha dropped, as Pillow converts RGBA to RGB); values of another type are converted where their scale is unambiguous (see
     :func:`~deeplab_lightning.data.decode.to_uint8`: floats in [0, 1] are scaled by 255) and refused otherwise,
     naming the shape or range."""
     if isinstance(image, (str, Path)):
@@ -41,6 +41,8 @@ def image_tensor(image: str | Path | Image.Image | np.ndarray | torch.Tensor) ->
     if isinstance(image, Image.Image):
         return torch.from_numpy(pil_to_rgb(image)).permute(2, 0, 1).contiguous()
     if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] == 4:  # RGBA: alpha dropped, as for a PIL image or file
+            image = image[:3]
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"Expected an image tensor [3, H, W], got shape {list(image.shape)}"
                              + (" (channels last: pass image.permute(2, 0, 1))" if image.ndim == 3
@@ -50,8 +52,10 @@ def image_tensor(image: str | Path | Image.Image | np.ndarray | torch.Tensor) ->
         return torch.from_numpy(to_uint8(image.detach().cpu().numpy(), "image tensor")).to(image.device)
     if isinstance(image, np.ndarray):
         array = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+        if array.ndim == 3 and array.shape[2] == 4:  # RGBA: alpha dropped, as for a PIL image or file
+            array = array[..., :3]
         if array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"Expected an RGB array [H, W, 3] or [H, W], got shape {list(image.shape)}")
+            raise ValueError(f"Expected an RGB(A) array [H, W, 3 or 4] or [H, W], got shape {list(image.shape)}")
         array = to_uint8(array, "image array")
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
     raise TypeError(f"Expected a path, PIL image, RGB array [H, W, 3] or tensor [3, H, W], got {type(image)}")

@@ -125,6 +125,8 @@ def decode_image(path: Path) -> np.ndarray:
     try:
         fast = _decode_fast(Path(path).read_bytes())
         return fast if fast is not None else read_image_pil(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Image {path} does not exist; check the path") from err
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
 
@@ -177,5 +179,7 @@ def image_size(path: Path) -> tuple[int, int]:
             if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
                 return img.width, img.height
             return img.height, img.width
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Image {path} does not exist; check the path") from err
     except OSError as err:
         raise ValueError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
