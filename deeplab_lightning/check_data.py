@@ -59,6 +59,17 @@ def label_problems(split: str, counts: torch.Tensor, ignored: int, class_names: 
     return problems
 
 
+def _paired_files(datamodule: SegmentationDataModule, split: str) -> SegmentationDataset | None:
+    """The split's files that pair up, when the data module can list them despite unpaired ones, else None."""
+    if not hasattr(datamodule, "paired_samples"):
+        return None
+    try:
+        samples, _ = datamodule.paired_samples(split)
+    except (OSError, ValueError):
+        return None
+    return SegmentationDataset(samples, datamodule.num_classes, None, datamodule.label_map, datamodule.ignore_index)
+
+
 def check_data(datamodule: SegmentationDataModule, splits: list[str], console: Console | None = None) -> bool:
     """Print the summary table and the problems; return True when no problem was found."""
     console = console or Console()
@@ -71,8 +82,12 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
         try:
             dataset = datamodule.dataset(split, cached=False)  # the files themselves
         except (OSError, ValueError) as err:  # a missing or malformed split list: report it, check the rest
+            dataset = _paired_files(datamodule, split)
             all_problems.append(f"split {split!r}: {err}")
-            continue
+            if dataset is None:
+                table.add_column(f"{split} (not read)", justify="right")
+                columns.append(["-"] * (datamodule.num_classes + 1))
+                continue
         counts, ignored, problems = class_pixel_counts(dataset, f"checking {split}")
         all_problems += problems + label_problems(split, counts, ignored, list(datamodule.class_names),
                                                   datamodule.ignore_index)

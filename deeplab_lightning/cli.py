@@ -26,7 +26,7 @@ from .experiment import derive_run_paths, standard_callbacks
 from .training import SegmentationModule
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
 from .run_folder import (ENV_RUN_DIR, claim_run_folder, latest_last_checkpoint, relocate, release_run_folder,
-                         unused_path)
+                         remove_if_empty, unused_path)
 from .run_info import run_info
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
@@ -164,6 +164,10 @@ class DeepLabCLI(LightningCLI):
         try:
             super().__init__(*args, **kwargs)
         except BaseException as err:
+            if self.run_dir is not None:
+                release_run_folder(self.run_dir)
+                remove_if_empty(self.run_dir)  # a fit that failed before writing anything leaves no folder
+                self.run_dir = None
             trainer = getattr(self, "trainer", None)
             if trainer is not None and trainer.received_sigterm:
                 raise SystemExit(PREEMPTED_EXIT_CODE) from err

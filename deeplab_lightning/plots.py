@@ -38,10 +38,12 @@ def _labels(values: Sequence[float]) -> list[str]:
     return [f"{v:.1f}" if np.isfinite(v) else "" for v in values]
 
 
-def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -> Figure:
+def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
+                    min_throughput_steps: int = 0) -> Figure:
     """Three panels over the runs of an ablation: mIoU (one bar per evaluation variant present in ``rows``),
     training images/s and parameters (M). ``metrics`` maps row keys to legend labels; a run whose ``status`` is not
-    ``done`` is named with its status and has no bars."""
+    ``done`` is named with its status and has no bars; images/s measured over fewer than ``min_throughput_steps``
+    steps (``train_img_s_steps``) are drawn hatched and pale, and the panel says they are too noisy to compare."""
     present = [k for k in metrics if any(row.get(k) is not None for row in rows)]
     y = np.arange(len(rows))
     fig = Figure(figsize=(13, 1.8 + 0.5 * len(rows)))
@@ -54,10 +56,17 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str) -
     axes[0].set_xlabel("val mIoU (%)")
     if present:
         axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
+    short = [row.get("train_img_s_steps") is not None and row["train_img_s_steps"] < min_throughput_steps
+             for row in rows]
     for ax, key, label in ((axes[1], "train_img_s", "train images / s"), (axes[2], "params_M", "parameters (M)")):
         values = [row.get(key) if row.get(key) is not None else np.nan for row in rows]
         bars = ax.barh(y, values, 0.6, color="tab:gray")
         ax.bar_label(bars, labels=_labels(values), fontsize=7, padding=2)
+        if key == "train_img_s" and any(short):
+            for bar, pale in zip(bars, short):
+                if pale:
+                    bar.set(color="lightgray", hatch="//", edgecolor="gray")
+            label += f"\n(hatched: under {min_throughput_steps} steps measured, too noisy to compare)"
         ax.set_xlabel(label)
     for ax in axes:  # room for the bar labels
         ax.set_xlim(0, ax.get_xlim()[1] * 1.15)

@@ -182,6 +182,16 @@ def release_run_folder(folder: Path) -> None:
     release_lock(folder / LOCK_NAME)
 
 
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it holds no file at any depth (a fit that failed before writing anything), so that a
+    failed command leaves no empty ``runs/x-2`` behind; a folder holding any file is left as it is."""
+    if not folder.is_dir() or any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        return
+    for sub in sorted((p for p in folder.rglob("*")), key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+    folder.rmdir()
+
+
 def relocate(config: Any, old: Path, new: Path) -> None:
     """Rewrite, in place, every output path (``PATH_KEYS``) of a parsed config (namespaces and lists) that lies
     under ``old`` to lie under ``new``: the trainer's root, the loggers' ``save_dir``, the checkpoint

@@ -49,12 +49,12 @@ def test_standard_callbacks_are_added_only_where_the_config_has_none_of_their_ki
     kinds = lambda callbacks: sorted(type(c).__name__ for c in callbacks)  # noqa: E731
     logger = CSVLogger(tmp_path)
     fit = standard_callbacks({"default_root_dir": str(tmp_path)}, [], "fit", [logger])
-    assert kinds(fit) == ["IoUTable", "LearningRateMonitor", "ModelCheckpoint", "ProgressBar"]
+    assert kinds(fit) == ["IoUTable", "LearningRateMonitor", "ModelCheckpoint", "ProgressBar", "Throughput"]
     checkpoint = next(c for c in fit if isinstance(c, ModelCheckpoint))
     assert (Path(checkpoint.dirpath), checkpoint.monitor, checkpoint.save_last) == (
         tmp_path / "checkpoints", "val/mIoU", True)
     own = [ProgressBar(), ModelCheckpoint(dirpath=str(tmp_path / "mine"))]
-    assert kinds(standard_callbacks({}, own, "fit", [logger])) == ["IoUTable", "LearningRateMonitor"]
+    assert kinds(standard_callbacks({}, own, "fit", [logger])) == ["IoUTable", "LearningRateMonitor", "Throughput"]
     quiet = {"enable_progress_bar": False, "enable_checkpointing": False}
     assert kinds(standard_callbacks(quiet, [], "fit", [])) == ["IoUTable"]
     assert kinds(standard_callbacks({}, [IoUTable()], "test", [logger])) == ["ModelCheckpoint", "ProgressBar"]

@@ -246,3 +246,15 @@ def test_evaluation_results_name_an_unknown_stage():
     assert module.evaluation_results("val") is None and module.evaluation_results("test", unrefined=True) is None
     with pytest.raises(ValueError, match="unrefined=True"):
         module.evaluation_results("val/unrefined")
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_told_in_one_sentence_with_its_cause():
+    module = tiny_module()
+    wider = tiny_module(model_kwargs={"aspp_channels": 16, "decoder_channels": 16})
+    with pytest.raises(ValueError) as other_settings:
+        module.load_state_dict(wider.state_dict())
+    message = str(other_settings.value)
+    assert "tensor(s) of another shape (e.g. net." in message and "other model settings" in message
+    assert len(message) < 600  # not one line per tensor
+    with pytest.raises(ValueError, match="lack the 'net.' prefix.*--model.init_checkpoint"):
+        module.load_state_dict(module.net.state_dict())  # the bare network's weights

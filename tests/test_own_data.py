@@ -51,8 +51,22 @@ def test_folder_data_module_names_what_is_missing(tmp_path, own_data):
     (broken / "masks" / "val" / "val_0001.png").unlink()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(broken / "masks" / "val" / "stray.png")
     dm = FolderDataModule(str(broken), classes=["background", "thing"])
-    with pytest.raises(FileNotFoundError, match=r"have no mask <name>.png .*val_0001.jpg"):
-        dm.samples("val")
+    with pytest.raises(FileNotFoundError, match=r"have no mask <name>.png .*val_0001.jpg.*; 1 mask\(s\) .*stray"):
+        dm.samples("val")  # both kinds of unpaired file in one error
+    import io
+
+    from rich.console import Console
+
+    from deeplab_lightning.check_data import check_data
+
+    size = Image.open(broken / "images" / "val" / "val_0002.jpg").size  # a paired mask's bad label: still found
+    Image.fromarray(np.full(size[::-1], 7, np.uint8)).save(broken / "masks" / "val" / "val_0002.png")
+    screen = io.StringIO()
+    six = FolderDataModule(str(broken), classes=str(broken / "classes.yaml"))
+    assert not check_data(six, ["val"], Console(file=screen, width=400))
+    report = screen.getvalue()
+    assert "have no mask" in report and "have no image" in report and "val_0002.png has values [7]" in report
+    assert "val (2 images)" in report  # the split's column, counted over the files that pair up
     (broken / "images" / "val" / "val_0001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"mask\(s\) in .*masks/val have no image .*stray"):
         dm.samples("val")

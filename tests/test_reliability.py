@@ -301,4 +301,16 @@ def test_a_training_split_smaller_than_one_batch_is_refused_naming_both_numbers(
     with pytest.raises(ValueError, match=r"The train split has 16 images, fewer than one batch \(data.batch_size "
                                          r"32\).*at most 16"):
         main(["fit", "--config", str(config), "--data.init_args.batch_size", "32"])
-    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    assert not (tmp_path / "run").exists()  # no checkpoint, and no empty run folder left behind
+
+
+def test_a_prediction_that_cannot_be_written_is_named_and_leaves_no_partial_file(tmp_path):
+    from PIL import Image
+
+    from deeplab_lightning.callbacks.writer import save_whole
+
+    gone = tmp_path / "removed" / "a.png"  # any OSError of the write (a full disk: ENOSPC) takes this path
+    with pytest.raises(OSError, match=r"Cannot write prediction .*removed/a.png .*choose another --output_dir"):
+        save_whole(Image.new("L", (4, 4)), gone)
+    save_whole(Image.new("L", (4, 4)), tmp_path / "b.png")
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["b.png"]

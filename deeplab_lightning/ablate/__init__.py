@@ -29,6 +29,7 @@ An ablation file (YAML; paths relative to it)::
     evaluate:                         # extra evaluations of each trained model (omit or null: skip)
       ms_flip: {scales: [0.75, 1.0, 1.25], flip: true}   # MultiScaleInference arguments
       crf: {bi_xy_std: 20, bi_rgb_std: 10}               # DenseCRFRefinement arguments
+    checkpoints: last                 # all (default: best.ckpt and last.ckpt), last, or none once evaluated
 
 A dotted key that reaches a ``class_path`` entry continues in its ``init_args`` (``data.batch_size`` means
 ``data.init_args.batch_size``). A finished run (its ``result.json`` beside an unchanged ``run.yaml`` and
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"--set {', '.join(in_grid)}: a grid key of {args.file} (its values are the grid's); change "
                         f"the grid in the file instead")
     ablation.set.update(dict(assignments))
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # a log file's table: headers whole
     if args.dry_run:
         return dry_run(ablation)
     if args.report:

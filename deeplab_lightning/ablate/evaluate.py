@@ -33,11 +33,14 @@ def at_output_stride(model: SegmentationModule, output_stride: int) -> Segmentat
     return rebuilt
 
 
-def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback]) -> tuple[dict[str, float], float]:
-    """Validate ``model`` with ``callbacks``; returns ({"final" and, with the CRF, "unrefined": mIoU}, seconds)."""
+def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback],
+              label: str) -> tuple[dict[str, float], float]:
+    """Validate ``model`` with ``callbacks`` (progress shown as ``label``); returns ({"final" and, with the CRF,
+    "unrefined": mIoU}, seconds)."""
     on_gpu = cli.trainer.strategy.root_device.type == "cuda"
     trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
-                        logger=False, callbacks=[*callbacks, ProgressBar(leave=False)], enable_model_summary=False)
+                        logger=False, callbacks=[*callbacks, ProgressBar(leave=False, label=label)],
+                        enable_model_summary=False)
     start = time.perf_counter()
     trainer.validate(model, datamodule=cli.datamodule, verbose=False)
     seconds = time.perf_counter() - start
@@ -60,7 +63,8 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
     if isinstance(cli.trainer.logger, WandbLogger):
         cli.trainer.logger.experiment.finish()  # the next run starts its own wandb run
     throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
-    plain, seconds = _validate(cli, model, [])
+    run = config_path.parent.name
+    plain, seconds = _validate(cli, model, [], f"{run}: single scale")
     num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
@@ -73,14 +77,15 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
     }
     if ablation.output_stride is not None and ablation.output_stride != model.net.output_stride:
         model = at_output_stride(model, ablation.output_stride)
-        row[f"mIoU_os{ablation.output_stride}"] = _validate(cli, model, [])[0]["final"]
+        label = f"{run}: output stride {ablation.output_stride}"
+        row[f"mIoU_os{ablation.output_stride}"] = _validate(cli, model, [], label)[0]["final"]
     row["eval_output_stride"] = model.net.output_stride
     crf = [DenseCRFRefinement(stages=["validate"], **ablation.crf)] if ablation.crf is not None else []
     if crf:
-        row["mIoU_crf"] = _validate(cli, model, crf)[0]["final"]
+        row["mIoU_crf"] = _validate(cli, model, crf, f"{run}: dense CRF")[0]["final"]
     if ablation.ms_flip is not None:
         ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
-        results = _validate(cli, model, ms + crf)[0]
+        results = _validate(cli, model, ms + crf, f"{run}: multi-scale + flip" + (" + CRF" if crf else ""))[0]
         row["mIoU_ms_flip"] = results["unrefined"] if crf else results["final"]
         if crf:
             row["mIoU_ms_flip_crf"] = results["final"]

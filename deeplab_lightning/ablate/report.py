@@ -54,10 +54,14 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k == "run" else "---:" for k, _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
+    short = [row["run"] for row in rows if (row.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+    if short:
+        lines += ["", f"Train img/s of {', '.join(short)}: measured over fewer than {MIN_THROUGHPUT_STEPS} steps after "
+                      f"warm-up, too noisy to compare speeds (raise trainer.max_steps)."]
     write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
     write_text_atomic(out_dir / "report.json", json.dumps(rows, indent=2, default=str))
     png = out_dir / f".report.{os.getpid()}.png"
-    ablation_figure(rows, METRICS, title).savefig(png, dpi=120)
+    ablation_figure(rows, METRICS, title, MIN_THROUGHPUT_STEPS).savefig(png, dpi=120)
     os.replace(png, out_dir / "report.png")
     compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
     table = Table(title=title)

@@ -18,7 +18,7 @@ from ..cli import PREEMPTED_EXIT_CODE
 from ..run_folder import ENV_OWNED_RUN_DIR, lock_owner, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .spec import Ablation, PlannedRun
-from .state import (ATTEMPT, CONFIG, LOCK, RESULT, archive_earlier, end_attempt, finished_row, read_json,
+from .state import (ATTEMPT, CONFIG, EARLIER, LOCK, RESULT, archive_earlier, end_attempt, finished_row, read_json,
                     resume_checkpoint, slurm_restart, start_attempt, write_json)
 
 WORKER_WAIT_S = 600  # how long a rank > 0 started by srun waits for rank 0 to prepare the run
@@ -91,6 +91,11 @@ def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
                 f"{type(err).__name__}: {err}"
             end_attempt(run_dir, attempt, "interrupted" if interrupted else "failed", None if interrupted else error)
             raise
+        if ablation.checkpoints == "none":
+            for ckpt in run_dir.rglob("*.ckpt"):
+                if EARLIER not in ckpt.relative_to(run_dir).parts:
+                    ckpt.unlink()
+            row["checkpoint"] = None
         row = {"run": name, **run.grid_values, **row, "evaluate": ablation.evaluate}
         write_json(run_dir / RESULT, row)
         end_attempt(run_dir, attempt, "done")

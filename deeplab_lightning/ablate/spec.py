@@ -10,7 +10,10 @@ from typing import Any, NoReturn
 
 import yaml
 
-ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate"}
+ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate", "checkpoints"}
+# What each run keeps on disk: best.ckpt and last.ckpt (as any fit), only last.ckpt (what ablate evaluates and
+# resumes from), or nothing once its result is written (the report holds what the ablation measured).
+CHECKPOINTS = ("all", "last", "none")
 STATUS_FILE = "status.json"  # step and ETA of the run's fit (callbacks.RunStatus)
 
 
@@ -27,6 +30,7 @@ class Ablation:
     ms_flip: dict[str, Any] | None = None
     crf: dict[str, Any] | None = None
     output_stride: int | None = None
+    checkpoints: str = "all"
 
     @property
     def evaluate(self) -> dict[str, Any]:
@@ -81,6 +85,10 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     if output_stride is not None and output_stride not in (8, 16, 32):
         _fail(path, f"evaluate.output_stride must be 8, 16 or 32, got {output_stride!r}")
     name = spec.get("name") or path.stem
+    checkpoints = spec.get("checkpoints", "all")
+    if checkpoints not in CHECKPOINTS:
+        _fail(path, f"checkpoints must be one of {', '.join(CHECKPOINTS)} (all: best.ckpt and last.ckpt; last: only "
+                    f"last.ckpt; none: removed once the run's result is written), got {checkpoints!r}")
 
     def kwargs(value: Any) -> dict[str, Any] | None:
         return None if value in (None, False) else ({} if value is True else dict(value))
@@ -89,7 +97,7 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
                     output_dir=Path(output_dir or spec.get("output_dir") or f"runs/ablations/{name}"),
                     set=dict(spec.get("set") or {}), variants=dict(variants), grid=dict(grid),
                     ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")),
-                    output_stride=output_stride)
+                    output_stride=output_stride, checkpoints=checkpoints)
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
@@ -137,9 +145,15 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
                     save_dir=str(run_dir))
     added = ("Throughput", "RunStatus")
     callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith(added)]
+    if ablation.checkpoints != "all" and not any(str(c.get("class_path")).endswith("ModelCheckpoint")
+                                                 for c in callbacks):
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                          "init_args": {"filename": "best", "save_top_k": 0, "save_last": True}})
     for callback in callbacks:
         if str(callback.get("class_path")).endswith("ModelCheckpoint"):
             callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
+            if ablation.checkpoints != "all":
+                callback["init_args"].update(save_top_k=0, save_last=True)
     max_steps = int(trainer.get("max_steps") or 0)
     warmup = min(5, max(max_steps // 4, 0))
     callbacks.append({"class_path": "deeplab_lightning.callbacks.Throughput", "init_args": {"warmup_steps": warmup}})

@@ -31,12 +31,14 @@ class ProgressBar(RichProgressBar):
       the CPU wait for the GPU instead of queueing the next batch. This bar instead shows the logged metrics
       named in ``show`` (default: the training loss), read at most every ``metrics_every_s`` seconds.
 
-    Other arguments are ``RichProgressBar``'s.
+    ``label`` names what is evaluated (e.g. ``"r18_os8: multi-scale + flip"``) in the evaluation bar and lines,
+    where several evaluations follow each other. Other arguments are ``RichProgressBar``'s.
     """
 
     def __init__(self, metrics_every_s: float = 1.0, show: Sequence[str] = ("train/loss",),
-                 line_every_s: float = 30.0, **kwargs) -> None:
+                 line_every_s: float = 30.0, label: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.label = label
         self.metrics_every_s = metrics_every_s
         self.show = tuple(show)
         self.line_every_s = line_every_s
@@ -129,8 +131,13 @@ class ProgressBar(RichProgressBar):
             elapsed = now - self._started[stage]
             eta = "" if total == float("inf") else (
                 f" | ETA {_clock(elapsed / (batch_idx + 1) * (total - batch_idx - 1))}")
-            self.plain.print(f"{stage} batch {batch_idx + 1}/{total} | elapsed {_clock(elapsed)}{eta}",
+            what = f"{self.label}: {stage}" if self.label else stage
+            self.plain.print(f"{what} batch {batch_idx + 1}/{total} | elapsed {_clock(elapsed)}{eta}",
                              markup=False, highlight=False, soft_wrap=True)
+
+    @property
+    def validation_description(self) -> str:
+        return f"{self.label}: validation" if self.label else super().validation_description
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)

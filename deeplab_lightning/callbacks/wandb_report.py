@@ -95,7 +95,7 @@ class WandbReport(L.Callback):
             f"{stage}/confusion_matrix": wandb.Image(figure),
             f"{stage}/confusion_counts": counts,
             f"{stage}/predictions": [
-                wandb.Image(image, caption=sample_id, masks={
+                wandb.Image(image, caption=f"{sample_id} (step {step})", masks={
                     "prediction": {"mask_data": pred, "class_labels": labels},
                     "ground_truth": {"mask_data": mask, "class_labels": labels}})
                 for sample_id, image, pred, mask in _pad_to_common_size(self.samples, ignore)],

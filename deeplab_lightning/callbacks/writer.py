@@ -1,8 +1,10 @@
 """Prediction files: class-index PNGs and overlays with a legend (SegmentationWriter, overlay, legend)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -14,6 +16,20 @@ from rich.console import Console
 
 from ..data.classes import flat_palette, voc_palette
 from ..run_folder import release_lock, take_lock
+
+
+def save_whole(image: Image.Image, path: Path, **options: Any) -> None:
+    """Save ``image`` to ``path`` through a temporary file renamed at the end (never a truncated file); a failed
+    write (a full disk, no permission) is an ``OSError`` naming the file and the fix."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        image.save(tmp, **options)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"Cannot write prediction {path} ({err.strerror or err}); free space on its disk "
+                                 f"or choose another --output_dir") from err
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def legend(labels: np.ndarray, names: Sequence[str], palette: np.ndarray, width: int) -> np.ndarray:
@@ -145,9 +161,10 @@ class SegmentationWriter(BasePredictionWriter):
             png = Image.fromarray(labels, mode="L").convert("P")
             png.putpalette(flat)
             png_path, *overlay_path = self.outputs(sample_id)
-            png.save(png_path)
+            save_whole(png, png_path)
             if overlay_path:
                 h, w = labels.shape
                 image = raw[:, :h, :w].permute(1, 2, 0).cpu().numpy()
                 names = getattr(trainer.datamodule, "class_names", None) or pl_module.class_names
-                Image.fromarray(overlay(image, labels, palette, self.alpha, names)).save(overlay_path[0], quality=90)
+                save_whole(Image.fromarray(overlay(image, labels, palette, self.alpha, names)), overlay_path[0],
+                           quality=90)

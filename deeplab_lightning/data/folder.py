@@ -136,25 +136,37 @@ class FolderDataModule(SegmentationDataModule):
                              f"{len(masks)} masks in {picked[0].parent}; deeplab-lightning check-data checks all)")
 
     def samples(self, split: str) -> list[Sample]:
+        """The (image, mask) pairs of ``split``; raises naming every unpaired file (see :meth:`paired_samples`)."""
+        samples, problems = self.paired_samples(split)
+        if problems:
+            raise FileNotFoundError("; ".join(problems))
+        return samples
+
+    def paired_samples(self, split: str) -> tuple[list[Sample], list[str]]:
+        """The samples of ``split`` whose image and mask are both there, and one problem per kind of unpaired
+        file (images without a mask, masks without an image, two images sharing a mask), so that ``check-data``
+        can report them all and still check the pairs."""
         image_dir, mask_dir = self.data_dir / "images" / split, self.data_dir / "masks" / split
         if not image_dir.is_dir():
             raise FileNotFoundError(f"{image_dir} does not exist. Expected this layout:\n"
                                     f"{FOLDER_LAYOUT.format(data_dir=self.data_dir)}\n(data.init_args.data_dir)")
         images = _image_files(image_dir)
         if not mask_dir.is_dir():
-            return [Sample(i, p, None) for i, p in zip(_ids(images), images)]
+            return [Sample(i, p, None) for i, p in zip(_ids(images), images)], []
         masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+        problems = []
         missing = [p.name for p in images if p.stem not in masks]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) in {image_dir} have no mask <name>.png in {mask_dir}: "
-                                    f"{missing[:5]}")
+            problems.append(f"{len(missing)} image(s) in {image_dir} have no mask <name>.png in {mask_dir}: "
+                            f"{missing[:5]}")
         unmatched = sorted(set(masks) - {p.stem for p in images})
         if unmatched:
-            raise FileNotFoundError(f"{len(unmatched)} mask(s) in {mask_dir} have no image in {image_dir}: "
-                                    f"{unmatched[:5]}")
-        if len({p.stem for p in images}) != len(images):
-            raise ValueError(f"Two images in {image_dir} share a name and so one mask; rename one")
-        return [Sample(i, p, masks[p.stem]) for i, p in zip(_ids(images), images)]
+            problems.append(f"{len(unmatched)} mask(s) in {mask_dir} have no image in {image_dir}: {unmatched[:5]}")
+        shared = sorted(stem for stem, n in Counter(p.stem for p in images).items() if n > 1)
+        if shared:
+            problems.append(f"images in {image_dir} share a name and so one mask ({shared[:5]}); rename one")
+        paired = [(i, p) for i, p in zip(_ids(images), images) if p.stem in masks and p.stem not in shared]
+        return [Sample(i, p, masks[p.stem]) for i, p in paired], problems
 
 
 class ImageFolderDataModule(SegmentationDataModule):

@@ -289,6 +289,16 @@ class SegmentationModule(L.LightningModule):
         if palette:  # the data's class colours, for exported files and predictions outside a data module
             checkpoint["palette"] = [[int(v) for v in colour] for colour in palette[:self.hparams.num_classes]]
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, whose key or shape mismatch is told in a few lines with its likely cause
+        (:func:`state_dict_mismatch`) instead of one line per tensor."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            raise ValueError(state_dict_mismatch(self.state_dict(), state_dict)) from None
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or number of classes, and a resumed fit whose optimizer
         settings differ from the saved ones (the restored optimizer would silently keep the saved ones), naming
@@ -311,3 +321,28 @@ class SegmentationModule(L.LightningModule):
                         f"{saved[key]!r}), but the config sets model.{key}={self.hparams[key]!r}. Resume with "
                         f"model.{key} {saved[key]!r}, or start a new fit from these weights with "
                         f"--model.init_checkpoint instead of --ckpt_path")
+
+
+def state_dict_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """What differs between this model's state dict and a checkpoint's (counts and first examples: tensors of
+    other shapes, missing and unknown keys), and the likely cause."""
+    resized = [(k, tuple(found[k].shape), tuple(v.shape)) for k, v in expected.items()
+               if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)]
+    missing = [k for k in expected if k not in found]
+    unknown = [k for k in found if k not in expected]
+    parts = []
+    if resized:
+        key, theirs, ours = resized[0]
+        parts.append(f"{len(resized)} tensor(s) of another shape (e.g. {key}: {list(theirs)} in the checkpoint, "
+                     f"{list(ours)} in this model)")
+    if missing:
+        parts.append(f"{len(missing)} of this model's tensors missing (e.g. {', '.join(missing[:3])})")
+    if unknown:
+        parts.append(f"{len(unknown)} unknown tensor(s) (e.g. {', '.join(unknown[:3])})")
+    if unknown and all(f"net.{k}" in expected for k in unknown):
+        cause = ("its keys lack the 'net.' prefix: it holds the bare network's weights, not a checkpoint of "
+                 "deeplab-lightning fit; start a fit from them with --model.init_checkpoint")
+    else:
+        cause = ("it was trained with other model settings (model.arch, model.model_kwargs, the classes): use the "
+                 "config it was trained with, saved as config.yaml in its run folder")
+    return f"The checkpoint does not fit this model: {'; '.join(parts)}. Likely cause: {cause}"
