@@ -139,20 +139,22 @@ def test_elongated_images_are_evaluated_on_their_own_extent(tmp_path):
     from deeplab_lightning.evaluation.pipeline import EvaluationPipeline
 
     _elongated_folder(tmp_path)
-    dm = FolderDataModule(str(tmp_path), classes=["background", "thing"], val_batch_size=2, num_workers=0)
-    canvases = sorted(tuple(b["image"].shape[-2:]) for b in dm.val_dataloader())
-    assert canvases == [(33, 3009), (3009, 33)]
-
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
-    net.pixel_mean, net.align_corners = torch.tensor([120.0, 60.0, 30.0]).view(1, 3, 1, 1), False
     inputs = []
 
     def network(x):
         inputs.append(tuple(x.shape))
         return net(x)
 
-    network.pixel_mean, network.align_corners = net.pixel_mean, False
+    network.pixel_mean, network.align_corners = torch.tensor([120.0, 60.0, 30.0]).view(1, 3, 1, 1), False
+    dm = FolderDataModule(str(tmp_path), classes=["background", "thing"], val_batch_size=2, num_workers=0)
+    (batch,) = list(dm.val_dataloader())
+    assert sorted(batch["canvas"]) == [(33, 3009), (3009, 33)]
+    with torch.no_grad():
+        EvaluationPipeline()(network, batch)
+    assert sorted(inputs) == [(1, 3, 33, 3009), (1, 3, 3009, 33)]  # each on its own canvas, in one batch
+    inputs.clear()
     dm = FolderDataModule(str(tmp_path), classes=["background", "thing"], eval_size=33, num_workers=0)
     samples = [dm.dataset("val")[i] for i in range(2)]
     pipeline = EvaluationPipeline()

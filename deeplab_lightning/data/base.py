@@ -17,15 +17,12 @@ from ..compat import loop_position
 from .cache import open_split
 from .dataset import (IGNORE_INDEX, Sample, SegmentationDataset, image_size, pad_collate, pad_collate_own_canvas,
                       smallest_eval_size)
-from .sampling import CanvasBatchSampler, EvalSampler, TrainSampler, per_process_batch
+from .sampling import EvalSampler, TrainSampler, per_process_batch
 from .transforms import RandomScaleCrop, size_pair
 
 # Lightning warns that a mid-epoch resume is unreliable unless the loader has a state_dict; the training
 # sampler here continues exactly from the restored loop progress instead (see TrainSampler).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-# Prediction batches come from CanvasBatchSampler, which returns every index of this process's shard (EvalSampler's):
-# Lightning keeps it (also under DDP) and warns that it cannot check that for a custom batch sampler.
-warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -183,10 +180,11 @@ class SegmentationDataModule(L.LightningDataModule):
                                  f"data.batch_size to at most {len(dataset)}, or add images")
             batching.update(batch_size=batch_size, sampler=self._train_sampler(dataset, batch_size))
             collate = partial(pad_collate, size=self.crop_size, ignore_index=self.ignore_index)
-        elif self.eval_size == "auto":
+        elif self.eval_size == "auto":  # images grouped by canvas, so that a batch mostly shares one
             canvases = [smallest_eval_size([image_size(s.image)]) for s in dataset.samples]
-            batching = {"batch_sampler": CanvasBatchSampler(list(EvalSampler(len(dataset), world_size, rank)),
-                                                            canvases, self.val_batch_size)}
+            order = sorted(range(len(dataset)), key=lambda i: canvases[i])
+            sampler = EvalSampler(len(dataset), world_size, rank, order)
+            batching.update(batch_size=self.val_batch_size, sampler=sampler)
             collate = partial(pad_collate_own_canvas, ignore_index=self.ignore_index)
         else:
             batching.update(batch_size=self.val_batch_size, sampler=EvalSampler(len(dataset), world_size, rank))

@@ -180,10 +180,11 @@ def pad_collate(batch: list[dict[str, Any]], size: tuple[int, int] | None = None
 
 
 def pad_collate_own_canvas(batch: list[dict[str, Any]], ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
-    """:func:`pad_collate` on the smallest ``16k + 1`` canvas holding the batch's images (batches of one canvas,
-    as :class:`~deeplab_lightning.data.sampling.CanvasBatchSampler` groups them: each image on its own)."""
-    canvas = smallest_eval_size([tuple(s["image"].shape[-2:]) for s in batch])
-    return pad_collate(batch, size=canvas, ignore_index=ignore_index, fixed=True)
+    """:func:`pad_collate` with each image on its own smallest ``16k + 1`` canvas: ``canvas`` is the list of
+    them (the batch tensor holds the largest; the evaluation pipeline runs each canvas's images together)."""
+    canvases = [smallest_eval_size([tuple(s["image"].shape[-2:])]) for s in batch]
+    size = (max(c[0] for c in canvases), max(c[1] for c in canvases))
+    return {**pad_collate(batch, size=size, ignore_index=ignore_index), "canvas": canvases}
 
 
 def fill_padding(images: torch.Tensor, sizes: Sequence[tuple[int, int]], mean: torch.Tensor | None) -> torch.Tensor:

@@ -50,36 +50,20 @@ class TrainSampler(DistributedSampler):
 
 
 class EvalSampler(DistributedSampler):
-    """Dataset order, split across processes **without** padding (``DistributedSampler`` repeats samples to
+    """Dataset order (or ``order``), split across processes **without** padding (``DistributedSampler`` repeats samples to
     even out the shards, which would count them twice in the metric). Processes may get one item more or
     less; the metrics are summed across processes once at the end of the epoch."""
 
-    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0,
+                 order: Sequence[int] | None = None) -> None:
         super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.num_samples = len(range(rank, num_samples, num_replicas))
         self.total_size = num_samples
+        self.order = list(order) if order is not None else None  # e.g. images grouped by evaluation canvas
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-
-class CanvasBatchSampler(Sampler[list[int]]):
-    """Batches of at most ``batch_size`` of ``indices`` that share one canvas (``canvases[i]`` of item ``i``),
-    canvas by canvas in order of first appearance: every image is predicted on its own canvas, whatever else is
-    in the folder, and same-size images still run in batches."""
-
-    def __init__(self, indices: Sequence[int], canvases: Sequence[tuple[int, int]], batch_size: int) -> None:
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i in indices:
-            groups.setdefault(tuple(canvases[i]), []).append(i)
-        self.batches = [group[start: start + batch_size] for group in groups.values()
-                        for start in range(0, len(group), batch_size)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+        indices = self.order if self.order is not None else range(len(self.dataset))
+        return iter(indices[self.rank :: self.num_replicas])
 
 
 def per_process_batch(batch_size: int, world_size: int) -> int:
@@ -92,4 +76,4 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-__all__ = ["CanvasBatchSampler", "EvalSampler", "TrainSampler", "derive_seed", "per_process_batch"]
+__all__ = ["EvalSampler", "TrainSampler", "derive_seed", "per_process_batch"]

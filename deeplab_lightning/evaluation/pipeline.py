@@ -121,28 +121,44 @@ class EvaluationPipeline:
 
     def __call__(self, network: Network, batch: dict[str, Any]) -> BatchScores:
         """Scores of a padded batch (``image`` [N,3,H,W], ``size`` the (h, w) of each image, ``padded``, and
-        ``canvas`` for fixed-shape evaluation, as :func:`~deeplab_lightning.data.dataset.pad_collate` makes it).
+        ``canvas`` for fixed-shape evaluation, as :func:`~deeplab_lightning.data.dataset.pad_collate` makes it:
+        one (H, W) for the batch, or a list of each image's own).
 
-        A fixed-shape batch runs whole on its canvas, its padding filled with the mean pixel, as the TF reference
-        evaluates; an image larger than the canvas runs alone on its own extent (at least the canvas), window by
-        window at the canvas size; without a canvas each image runs alone at its own size. Either way a
-        prediction depends neither on the batch size nor on the other images of the batch.
+        A fixed-shape batch runs whole on its canvas (the images of each canvas together when each has its own),
+        its padding filled with the mean pixel, as the TF reference evaluates; an image larger than the canvas
+        runs alone on its own extent (at least the canvas), window by window at the canvas size; without a
+        canvas each image runs alone at its own size. Either way a prediction depends neither on the batch size
+        nor on the other images of the batch.
         """
         sizes, canvas = batch["size"], batch.get("canvas")
-        if canvas is not None and all(h <= canvas[0] and w <= canvas[1] for h, w in sizes):
-            images = fill_padding(batch["image"], sizes, network.pixel_mean) if batch.get("padded") else batch["image"]
-            scores = per_image(self._scores(network, images, canvas), sizes)
-        elif canvas is not None:  # an image larger than the canvas: each alone on its own extent, window by window
-            scores = []
-            for image, (h, w) in zip(own_extents(batch["image"], sizes, canvas), sizes):
-                image = fill_padding(image[None], [(h, w)], network.pixel_mean)
-                scores.append(self._scores(network, image, canvas)[0, :, :h, :w])
+        if isinstance(canvas, list):
+            scores: list[torch.Tensor] = [torch.empty(0)] * len(sizes)
+            for own in dict.fromkeys(canvas):
+                members = [i for i, c in enumerate(canvas) if c == own]
+                images = batch["image"][members, :, :own[0], :own[1]]
+                group = self._unrefined(network, images, [sizes[i] for i in members], own, padded=True)
+                for i, s in zip(members, group):
+                    scores[i] = s
         else:
-            scores = [self._scores(network, image[None], None)[0] for image in per_image(batch["image"], sizes)]
+            scores = self._unrefined(network, batch["image"], sizes, canvas, bool(batch.get("padded")))
         if self.settings.crf is None:
             return BatchScores(scores)
         images = per_image(batch["image"], sizes)
         return BatchScores([self._refine(image, s) for image, s in zip(images, scores)], unrefined=scores)
+
+    def _unrefined(self, network: Network, images: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                   canvas: tuple[int, int] | None, padded: bool) -> list[torch.Tensor]:
+        """Scores [C, h_i, w_i] of each image of ``images`` [N,3,H,W] before any CRF (see :meth:`__call__`)."""
+        if canvas is not None and all(h <= canvas[0] and w <= canvas[1] for h, w in sizes):
+            images = fill_padding(images, sizes, network.pixel_mean) if padded else images
+            return per_image(self._scores(network, images, canvas), sizes)
+        if canvas is not None:  # an image larger than the canvas: each alone on its own extent, window by window
+            scores = []
+            for image, (h, w) in zip(own_extents(images, sizes, canvas), sizes):
+                image = fill_padding(image[None], [(h, w)], network.pixel_mean)
+                scores.append(self._scores(network, image, canvas)[0, :, :h, :w])
+            return scores
+        return [self._scores(network, image[None], None)[0] for image in per_image(images, sizes)]
 
     def _scores(self, network: Network, images: torch.Tensor, canvas: tuple[int, int] | None) -> torch.Tensor:
         """Class scores [N,C,H,W] of images [N,3,H,W]: the logits in one pass, else the log of the softmax
