@@ -120,18 +120,17 @@ def test_dry_run_catches_a_model_argument_the_architecture_lacks(tmp_path):
 
 def test_ablation_runs_keep_only_the_checkpoints_the_file_asks_for(tmp_path, toy_dir, toy_settings, write_config):
     """checkpoints: last keeps only last.ckpt (what ablate evaluates and resumes from); none removes it once the
-    result is written: a grid of short runs need not fill a disk with best + last checkpoints."""
+    result is written (also from runs finished before): a grid of short runs need not fill a disk."""
     base = write_config(tmp_path / "base", toy_dir, toy_settings, max_steps=2)
+    out, path = tmp_path / "out", tmp_path / "ablation.yaml"
     kept = {}
     for checkpoints in ("last", "none"):
-        out = tmp_path / checkpoints
-        path = tmp_path / f"{checkpoints}.yaml"
         path.write_text(yaml.safe_dump({"base": str(base), "output_dir": str(out), "checkpoints": checkpoints,
                                         "grid": {"model.output_stride": [16]}}))
-        assert main([str(path)]) == 0
+        assert main([str(path)]) == 0  # the second time the finished run is reused, not retrained
         kept[checkpoints] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.ckpt"))
         assert json.loads((out / "report.json").read_text())[0]["mIoU"] is not None
     assert kept == {"last": ["output_stride=16/checkpoints/last.ckpt"], "none": []}
     with pytest.raises(ValueError, match="checkpoints must be one of all, last, none"):
-        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"base": str(base), "checkpoints": "some"}))
-        load_ablation(tmp_path / "bad.yaml")
+        path.write_text(yaml.safe_dump({"base": str(base), "checkpoints": "some"}))
+        load_ablation(path)

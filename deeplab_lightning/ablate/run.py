@@ -61,6 +61,17 @@ def _worker_fit(run_dir: Path) -> None:
     cli_main(["fit", "--config", str(run_dir / CONFIG), *(["--ckpt_path", resume] if resume else [])])
 
 
+def keep_checkpoints(ablation: Ablation, run_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """With ``checkpoints: none``, remove a finished run's checkpoints (earlier runs' are kept); the row then names
+    none."""
+    if ablation.checkpoints == "none":
+        for ckpt in run_dir.rglob("*.ckpt"):
+            if EARLIER not in ckpt.relative_to(run_dir).parts:
+                ckpt.unlink()
+        row = {**row, "checkpoint": None}
+    return row
+
+
 def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
     """Train (or continue) and evaluate ``run`` in its folder; returns its report row (also written to
     ``result.json``), or None on a DDP rank > 0. A run finished with this config and these evaluations is
@@ -74,7 +85,7 @@ def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
     try:
         row = finished_row(run_dir, config, ablation.evaluate)
         if row is not None:
-            return row
+            return keep_checkpoints(ablation, run_dir, row)
         config_path = run_dir / CONFIG
         if (run_dir / RESULT).exists() or (config_path.exists() and config_path.read_text() != config):
             archive_earlier(run_dir)  # another config's or evaluation's files: kept, not continued
@@ -91,13 +102,8 @@ def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
                 f"{type(err).__name__}: {err}"
             end_attempt(run_dir, attempt, "interrupted" if interrupted else "failed", None if interrupted else error)
             raise
-        if ablation.checkpoints == "none":
-            for ckpt in run_dir.rglob("*.ckpt"):
-                if EARLIER not in ckpt.relative_to(run_dir).parts:
-                    ckpt.unlink()
-            row["checkpoint"] = None
         row = {"run": name, **run.grid_values, **row, "evaluate": ablation.evaluate}
-        write_json(run_dir / RESULT, row)
+        write_json(run_dir / RESULT, keep_checkpoints(ablation, run_dir, row))
         end_attempt(run_dir, attempt, "done")
         return row
     finally:
