@@ -6,8 +6,10 @@ no window truncates DeepLab's long-range kernels (bilateral x/y std 67 px). The 
 reference implementation (the one pydensecrf wraps): the same lattice scaling, [1 2 1] blur, slicing
 constant, symmetric kernel normalisation and Potts compatibility, so the results agree with it.
 
-DeepLab V2 (section 4.1, ResNet-101 on VOC) uses w_bilateral=4, theta_alpha=67, theta_beta=3, w_gaussian=3,
-theta_gamma=1 and 10 iterations; DeepLab V1 used 5/50/3/3/3.
+The defaults are the released DeepLab V2 ResNet-101 model's (w_bilateral=4, theta_alpha=67, theta_beta=3,
+w_gaussian=3, theta_gamma=1, 10 iterations; V2 section 4.1 describes their cross-validation); the released V1
+LargeFOV script used 4/49/5/3/3. Deviation: DeepLab's CRF (Krahenbuhl's code v2.2) normalises each kernel per
+pixel, this one symmetrically (pydensecrf's default), so parameters cross-validated there may not be optimal here.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import torch
 
 @dataclass(frozen=True)
 class CRFSettings:
-    """Dense CRF parameters (see :func:`dense_crf`); the defaults are DeepLab V2's (ResNet-101, VOC; V1 used
-    5/50/3/3/3)."""
+    """Dense CRF parameters (see :func:`dense_crf`); the defaults are the released DeepLab V2 ResNet-101 model's
+    (the V1 LargeFOV script used 4/49/5/3/3)."""
 
     iterations: int = 10
     bi_w: float = 4.0
