@@ -33,9 +33,9 @@ def read_image(path: Path) -> torch.Tensor:
 
 def image_tensor(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """RGB uint8 [3, H, W] from a file path (as :func:`read_image`), a PIL image, an array [H, W, 3] or [H, W], or
-    a tensor [3, H, W] (RGBA [H, W, 4] / [4, H, W]: alpha dropped, as Pillow converts RGBA to RGB); values of another type are converted where their scale is unambiguous (see
-    :func:`~deeplab_lightning.data.decode.to_uint8`: floats in [0, 1] are scaled by 255) and refused otherwise,
-    naming the shape or range."""
+    a tensor [3, H, W] (RGBA [H, W, 4] / [4, H, W]: alpha dropped, as Pillow converts RGBA to RGB); values of
+    another type are converted where their scale is unambiguous (see :func:`~deeplab_lightning.data.decode.to_uint8`:
+    floats in [0, 1] are scaled by 255) and refused otherwise, naming the shape or range."""
     if isinstance(image, (str, Path)):
         return read_image(Path(image))
     if isinstance(image, Image.Image):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DistributedSampler
 
 
 def derive_seed(*parts: int) -> int:
@@ -50,9 +50,9 @@ class TrainSampler(DistributedSampler):
 
 
 class EvalSampler(DistributedSampler):
-    """Dataset order (or ``order``), split across processes **without** padding (``DistributedSampler`` repeats samples to
-    even out the shards, which would count them twice in the metric). Processes may get one item more or
-    less; the metrics are summed across processes once at the end of the epoch."""
+    """Dataset order (or ``order``), split across processes **without** padding (``DistributedSampler`` repeats
+    samples to even out the shards, which would count them twice in the metric). Processes may get one item more
+    or less; the metrics are summed across processes once at the end of the epoch."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0,
                  order: Sequence[int] | None = None) -> None:

@@ -100,9 +100,11 @@ def per_image(tensor: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[to
     return [tensor[i, ..., :h, :w] for i, (h, w) in enumerate(sizes)]
 
 
-def own_extents(tensor: torch.Tensor, sizes: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> list[torch.Tensor]:
+def own_extents(tensor: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                canvas: tuple[int, int]) -> list[torch.Tensor]:
     """Each image of a padded batch [N, ..., H, W] on the smallest region holding both it and ``canvas``
-    ([..., max(h_i, H_c), max(w_i, W_c)]): a 3000 x 20 image batched with a 20 x 3000 one is not run on 3000 x 3000."""
+    ([..., max(h_i, H_c), max(w_i, W_c)]): a 3000 x 20 image batched with a 20 x 3000 one does not run on
+    3000 x 3000."""
     return [tensor[i, ..., :max(h, canvas[0]), :max(w, canvas[1])] for i, (h, w) in enumerate(sizes)]
 
 
