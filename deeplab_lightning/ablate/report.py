@@ -54,7 +54,8 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k == "run" else "---:" for k, _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
-    short = [row["run"] for row in rows if (row.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+    short = [row["run"] for row in rows
+             if (row.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
     if short:
         lines += ["", f"Train img/s of {', '.join(short)}: measured over fewer than {MIN_THROUGHPUT_STEPS} steps after "
                       f"warm-up, too noisy to compare speeds (raise trainer.max_steps)."]
