@@ -56,7 +56,7 @@ from ..run_folder import RunFolderBusy, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .local import LocalQueue, gpu_groups
 from .prepare import prepare
-from .report import METRICS, MIN_THROUGHPUT_STEPS, report_columns, write_report
+from .report import METRICS, MIN_THROUGHPUT_STEPS, report_columns, short_throughput_runs, write_report
 from .run import keep_checkpoints, run_one
 from .slurm import submit, write_scripts
 from .spec import Ablation, PlannedRun, load_ablation, plan, run_config, run_name, set_dotted
@@ -81,8 +81,7 @@ def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dic
             {"run": s.name, **run.grid_values, "status": s.status} for s, run in zip(found, runs)]
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
     console.print(write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}"))
-    short = [r["run"] for r in rows if r["status"] == "done"
-             and (r.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+    short = short_throughput_runs(rows)
     if short:
         console.print(f"note: train img/s of {len(short)} run(s) is measured over fewer than {MIN_THROUGHPUT_STEPS} "
                       f"steps after warm-up: too short to compare speeds (raise trainer.max_steps)")

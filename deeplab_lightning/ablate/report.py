@@ -20,6 +20,12 @@ METRICS = {"mIoU": "mIoU", "mIoU_os8": "OS8", "mIoU_os16": "OS16", "mIoU_os32": 
            "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
 
 
+def short_throughput_runs(rows: list[dict[str, Any]]) -> list[str]:
+    """The runs whose training images/s were measured over fewer than MIN_THROUGHPUT_STEPS steps."""
+    return [row["run"] for row in rows if row.get("status", "done") == "done"
+            and (row.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -54,8 +60,7 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k == "run" else "---:" for k, _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
-    short = [row["run"] for row in rows
-             if (row.get("train_img_s_steps") or MIN_THROUGHPUT_STEPS) < MIN_THROUGHPUT_STEPS]
+    short = short_throughput_runs(rows)
     if short:
         lines += ["", f"Train img/s of {', '.join(short)}: measured over fewer than {MIN_THROUGHPUT_STEPS} steps after "
                       f"warm-up, too noisy to compare speeds (raise trainer.max_steps)."]
