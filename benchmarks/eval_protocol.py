@@ -93,9 +93,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     crf = ["--trainer.callbacks+=deeplab_lightning.callbacks.DenseCRFRefinement"]
+    fixed = ["--data.init_args.eval_size", "513"]  # VOC's canvas (the toy data module puts each image on its own)
     rows = [
-        ("fixed 513x513, MS + flip + CRF", args.images, ["--data.init_args.val_batch_size", str(args.batch), *crf]),
-        ("fixed 513x513, MS + flip", args.images, ["--data.init_args.val_batch_size", str(args.batch)]),
+        ("fixed 513x513, MS + flip + CRF", args.images, [*fixed, "--data.init_args.val_batch_size", str(args.batch),
+                                                          *crf]),
+        ("fixed 513x513, MS + flip", args.images, [*fixed, "--data.init_args.val_batch_size", str(args.batch)]),
         ("per image, MS + flip + CRF", args.per_image_images,
          ["--data.init_args.val_batch_size", "1", "--data.init_args.eval_size", "null", *crf]),
     ]
