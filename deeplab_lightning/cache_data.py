@@ -14,11 +14,10 @@ import os
 import sys
 import time
 
-from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .console import help_text
+from .console import data_command_parser
 from .data.base import SegmentationDataModule
 from .data.cache import is_current, write_split
 
@@ -69,15 +68,11 @@ def cache_splits(datamodule: SegmentationDataModule, splits: list[str], workers:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="deeplab-lightning cache", description=help_text(__doc__))
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
-    parser.add_argument("--splits", type=list[str] | None, default=None,
-                        help="default: the config's training and validation splits")
+    parser = data_command_parser("deeplab-lightning cache", __doc__)
+    parser.add_argument("--splits", type=str, nargs="+", default=None,
+                        help="e.g. --splits train val (default: the config's training and validation splits)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
     parser.add_argument("--force", type=bool, default=False, help="rewrite stores that are up to date")
-    for ignored in ("trainer", "model", "seed_everything", "ckpt_path"):  # other sections of a config
-        parser.add_argument(f"--{ignored}", type=object, default=None)
     cfg = parser.instantiate_classes(parser.parse_args(args))
     splits = cfg.splits or list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
     return 0 if cache_splits(cfg.data, splits, max(1, cfg.workers), cfg.force) else 1

@@ -12,12 +12,11 @@ from __future__ import annotations
 import sys
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from .console import help_text
+from .console import data_command_parser
 from .data.base import SegmentationDataModule
 from .data.dataset import SegmentationDataset
 from .data.folder import binary_mask_problem
@@ -94,7 +93,7 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
         total = max(int(counts.sum()), 1)
         table.add_column(f"{split} ({len(dataset)} images)", justify="right")
         columns.append([f"{100 * c / total:.2f}" for c in counts.tolist()] + [f"{ignored:,} px"])
-    for i, name in enumerate([*datamodule.class_names, f"ignored ({datamodule.ignore_index})"]):
+    for i, name in enumerate([*datamodule.class_names, f"ignored ({datamodule.ignore_index}), pixels"]):
         table.add_row(name, *[column[i] for column in columns])
     console.print(table)
     for problem in all_problems:
@@ -104,12 +103,8 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="deeplab-lightning check-data", description=help_text(__doc__))
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
-    parser.add_argument("--splits", type=list[str], default=["train", "val"])
-    for ignored in ("trainer", "model", "seed_everything", "ckpt_path"):  # other sections of a config
-        parser.add_argument(f"--{ignored}", type=object, default=None)
+    parser = data_command_parser("deeplab-lightning check-data", __doc__)
+    parser.add_argument("--splits", type=str, nargs="+", default=["train", "val"], help="e.g. --splits train val")
     cfg = parser.instantiate_classes(parser.parse_args(args))
     splits = cfg.splits
     if cfg.data.train_split not in splits and splits == ["train", "val"]:

@@ -202,7 +202,10 @@ class DeepLabCLI(LightningCLI):
         """Fail on a missing checkpoint or split before anything starts (a wandb run, data workers)."""
         ckpt_path = self.config[self.subcommand].ckpt_path
         if ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
+            folder = Path(ckpt_path).parent
+            there = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist"
+                                    + (f"; {folder} holds {', '.join(there)}" if there else ""))
         for attr in self.PREFLIGHT_SPLITS[self.subcommand]:
             split = getattr(self.datamodule, attr, None)
             if split is not None and hasattr(self.datamodule, "samples"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
 from . import __version__
 
@@ -23,6 +24,26 @@ def help_text(doc: str) -> str:
     """A module docstring as a terminal shows it: ``code`` and Sphinx roles (:mod:`.local`) as plain text."""
     doc = re.sub(r":\w+:`~?\.*([^`]+)`", r"\1", doc)
     return doc.replace("``", "")
+
+
+def data_command_parser(prog: str, doc: str) -> Any:
+    """The parser of a command that reads a config's ``data`` section (check-data, cache): ``--config`` and
+    ``--data``, the config's other sections accepted and left out of ``--help``; errors as the other commands
+    give them. ``doc``'s prose paragraphs are the description (its indented usage lines are left out)."""
+    from argparse import SUPPRESS
+
+    from jsonargparse import ActionConfigFile
+
+    from .data.base import SegmentationDataModule
+    from .errors import ConciseArgumentParser
+
+    prose = [p for p in doc.strip().split("\n\n") if not p.startswith(" ")]
+    parser = ConciseArgumentParser(prog=prog, description=help_text(" ".join(prose)))
+    parser.add_argument("--config", action=ActionConfigFile, help="an experiment config (its data section is read)")
+    parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
+    for ignored in ("trainer", "model", "seed_everything", "ckpt_path"):  # the config's other sections
+        parser.add_argument(f"--{ignored}", type=object, default=None, help=SUPPRESS)
+    return parser
 
 
 def usage() -> str:

@@ -44,9 +44,25 @@ def silence_third_party_noise() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message="IProgress not found")
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
+    if not getattr(warnings.formatwarning, "_deeplab", False):
+        warnings.formatwarning = _own_warnings_plain(warnings.formatwarning)
     if "SLURM_JOB_ID" not in os.environ:
         warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _own_warnings_plain(default: Any) -> Any:
+    """``warnings.formatwarning`` that prints this package's own warnings as ``warning: <message>`` (they name
+    what to do; the source line of the warn call means nothing to a user), others as ``default`` does."""
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def formatwarning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202 - warnings' API
+        if os.path.abspath(filename).startswith(package + os.sep):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    formatwarning._deeplab = True
+    return formatwarning
 
 
 def drop_wandb_anonymous(logger: Any) -> None:

@@ -170,9 +170,10 @@ def claim_run_folder(folder: Path, ckpt_path: str | None) -> Path:
             return candidate
         if not previous_run(candidate) and try_lock(candidate / LOCK_NAME):
             if candidate != folder:
+                last = next(iter(sorted(folder.rglob("last.ckpt"))), None)
                 rank_zero_warn(f"{folder} holds another run ({', '.join(previous_run(folder)[:3])}); this run "
                                f"writes to {candidate}. To continue that run instead, pass --ckpt_path "
-                               f"{folder}/.../last.ckpt")
+                               f"{last if last is not None else 'with one of its checkpoints'}")
             return candidate
     raise AssertionError("unreachable: the candidates never end")
 

@@ -164,7 +164,8 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     assert not torch.equal(refined.confmat, unrefined.confmat)
     assert cli.model.pipeline.settings == Inference()  # both callbacks' changes undone after the stage
     out = capsys.readouterr().out
-    assert "before refinement" in out and "mean IoU" in out
+    titles = " ".join(out.split())
+    assert "+ flip, before the dense CRF" in titles and "+ flip + dense CRF" in titles and "mean IoU" in out
     # A later test without the CRF has no "before refinement" numbers (not the previous test's).
     L.Trainer(logger=False, enable_progress_bar=False).test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert cli.model.evaluation_results("test", unrefined=True) is None and cli.model.evaluation_results("test")

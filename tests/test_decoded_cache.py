@@ -122,7 +122,7 @@ def test_cache_command_writes_reports_and_keeps_an_up_to_date_store(tmp_path, to
     assert "train: 16 images decoded into" in first.stdout and "val: 6 images decoded into" in first.stdout
     assert " MB on disk" in first.stdout
     stamp = (root / "decoded/val" / IMAGES).stat().st_mtime_ns
-    again = subprocess.run([str(script), "cache", "--config", str(config), "--splits", "[val]"],
+    again = subprocess.run([str(script), "cache", "--config", str(config), "--splits", "val"],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "val: up to date" in again.stdout
     assert (root / "decoded/val" / IMAGES).stat().st_mtime_ns == stamp and (root / "decoded/val" / INDEX).is_file()

@@ -254,7 +254,8 @@ def dry_run(ablation: Ablation) -> int:
     from ..cli import main as cli_main
     from ..models import create_model
 
-    for run in plan(ablation):
+    runs = plan(ablation)
+    for run in runs:
         run.folder.mkdir(parents=True, exist_ok=True)
         path = run.folder / "run.yaml"
         path.write_text(run.config)
@@ -274,5 +275,8 @@ def dry_run(ablation: Ablation) -> int:
         except TypeError as err:
             raise ValueError(f"Run {run.name} of ablation {ablation.name}: {model['arch']} cannot be built with "
                              f"model_kwargs {model['model_kwargs']} ({err})") from None
-    Console(stderr=True).print(f"{len(ablation.runs())} run configs written under {ablation.output_dir} and checked")
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    console.print(f"{len(runs)} run configs written under {ablation.output_dir} and checked:")
+    for run in runs:
+        console.print(f"  {run.folder / 'run.yaml'}")
     return 0

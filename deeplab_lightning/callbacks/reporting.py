@@ -56,5 +56,9 @@ class IoUTable(L.Callback):
             self._print(pl_module, "val", "Validation of the checkpoint of step {step}")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._print(pl_module, "test", "Test of the checkpoint of step {step}, before refinement", unrefined=True)
-        self._print(pl_module, "test", "Test of the checkpoint of step {step}")
+        settings = pl_module.pipeline.settings
+        split = getattr(trainer.datamodule, "test_split", None)
+        title = "Test (step {step}" + (f", {split!r} split" if split else "") + "): "
+        self._print(pl_module, "test", title + settings.replace(crf=None).describe() + ", before the dense CRF",
+                    unrefined=True)
+        self._print(pl_module, "test", title + settings.describe())

@@ -58,6 +58,18 @@ class Inference:
         """Whether scores are averaged over several scales or flips (else they are the network's logits)."""
         return tuple(self.scales) != (1.0,) or self.flip
 
+    def describe(self) -> str:
+        """The settings in words, e.g. ``"scales 0.75-1.5 + flip + dense CRF"`` or ``"single scale"``."""
+        scales = tuple(self.scales)
+        parts = ["single scale" if scales == (1.0,) else f"scales {min(scales):g}-{max(scales):g}"]
+        if self.flip:
+            parts.append("flip")
+        if self.window is not None:
+            parts.append(f"{self.window[0]}x{self.window[1]} windows")
+        if self.crf is not None:
+            parts.append("dense CRF")
+        return " + ".join(parts)
+
     def replace(self, **changes: Any) -> Inference:
         """A copy with ``changes`` (``scales``, ``flip``, ``window``, ``overlap``, ``crf``; ``crf`` may be a dict
         of :class:`CRFSettings` fields)."""
