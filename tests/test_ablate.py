@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from deeplab_lightning.ablate import load_ablation, main, run_config, set_dotted
+from deeplab_lightning.ablate import load_ablation, main, plan, run_config, set_dotted
 
 from conftest import REPO
 
@@ -75,6 +75,10 @@ def test_ablation_file_errors_name_the_file_and_key(tmp_path):
     path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "quickstart.yaml"), "grids": {}}))
     with pytest.raises(ValueError, match="bad.yaml.*grids"):
         load_ablation(path)
+    path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "quickstart.yaml"),
+                                    "set": {"trainer.max_steps": "abc"}}))
+    with pytest.raises(ValueError, match="trainer.max_steps must be a whole number of steps, got 'abc'"):
+        plan(load_ablation(path))
 
 
 def test_dotted_keys_step_into_init_args():

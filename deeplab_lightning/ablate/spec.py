@@ -154,7 +154,11 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
             callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
             if ablation.checkpoints != "all":
                 callback["init_args"].update(save_top_k=0, save_last=True)
-    max_steps = int(trainer.get("max_steps") or 0)
+    try:
+        max_steps = int(trainer.get("max_steps") or 0)
+    except (TypeError, ValueError):
+        raise ValueError(f"Run {name} of ablation {ablation.name}: trainer.max_steps must be a whole number of steps, "
+                         f"got {trainer['max_steps']!r} (from the base config, the file's set: or --set)") from None
     warmup = min(5, max(max_steps // 4, 0))
     callbacks.append({"class_path": "deeplab_lightning.callbacks.Throughput", "init_args": {"warmup_steps": warmup}})
     callbacks.append({"class_path": "deeplab_lightning.callbacks.RunStatus",
