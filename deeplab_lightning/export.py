@@ -88,12 +88,12 @@ def integer_same_padding() -> Iterator[None]:
 def _write(net: nn.Module, path: Path, fmt: Format, metadata: dict[str, Any]) -> None:
     images = example_images()
     extra = {METADATA_FILE: json.dumps(metadata)}
+    dims = {"images": {axis: torch.export.Dim.DYNAMIC for axis in (0, 2, 3)}}  # batch, height, width
     if fmt == "onnx":
-        dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own translation steps
             program = torch.onnx.export(net, (images,), dynamo=True, input_names=["images"],
-                                        output_names=["logits"], verbose=False, dynamic_shapes={"images": dims})
+                                        output_names=["logits"], verbose=False, dynamic_shapes=dims)
         program.save(str(path))
         _describe_onnx(path, metadata)
     elif fmt == "torchscript":
@@ -101,7 +101,6 @@ def _write(net: nn.Module, path: Path, fmt: Format, metadata: dict[str, Any]) ->
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the input check traced as constant
             torch.jit.trace(net, images, check_trace=False).save(str(path), _extra_files=extra)
     elif fmt == "exported_program":
-        dims = {"images": {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}}
         torch.export.save(torch.export.export(net, (images,), dynamic_shapes=dims), str(path), extra_files=extra)
 
 

@@ -1,7 +1,7 @@
 """Matplotlib figures shared by the wandb report, the ablation report and the notebook (``display(fig)``)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -39,11 +39,11 @@ def _labels(values: Sequence[float]) -> list[str]:
 
 
 def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
-                    min_throughput_steps: int = 0) -> Figure:
+                    noisy_throughput: Collection[str] = ()) -> Figure:
     """Three panels over the runs of an ablation: mIoU (one bar per evaluation variant present in ``rows``),
     training images/s and parameters (M). ``metrics`` maps row keys to legend labels; a run whose ``status`` is not
-    ``done`` is named with its status and has no bars; images/s measured over fewer than ``min_throughput_steps``
-    steps (``train_img_s_steps``) are drawn hatched and pale, and the panel says they are too noisy to compare."""
+    ``done`` is named with its status and has no bars; the images/s of the runs named in ``noisy_throughput``
+    (measured over too few steps) are drawn hatched and pale, and the panel says they are too noisy to compare."""
     present = [k for k in metrics if any(row.get(k) is not None for row in rows)]
     y = np.arange(len(rows))
     fig = Figure(figsize=(13, 1.8 + 0.5 * len(rows)))
@@ -56,17 +56,15 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
     axes[0].set_xlabel("val mIoU (%)")
     if present:
         axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
-    short = [row.get("train_img_s_steps") is not None and row["train_img_s_steps"] < min_throughput_steps
-             for row in rows]
     for ax, key, label in ((axes[1], "train_img_s", "train images / s"), (axes[2], "params_M", "parameters (M)")):
         values = [row.get(key) if row.get(key) is not None else np.nan for row in rows]
         bars = ax.barh(y, values, 0.6, color="tab:gray")
         ax.bar_label(bars, labels=_labels(values), fontsize=7, padding=2)
-        if key == "train_img_s" and any(short):
-            for bar, pale in zip(bars, short):
-                if pale:
+        if key == "train_img_s" and noisy_throughput:
+            for bar, row in zip(bars, rows):
+                if row["run"] in noisy_throughput:
                     bar.set(color="lightgray", hatch="//", edgecolor="gray")
-            label += f"\n(hatched: under {min_throughput_steps} steps measured, too noisy to compare)"
+            label += "\n(hatched: too few steps measured to compare)"
         ax.set_xlabel(label)
     for ax in axes:  # room for the bar labels
         ax.set_xlim(0, ax.get_xlim()[1] * 1.15)

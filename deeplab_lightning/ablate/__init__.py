@@ -57,7 +57,7 @@ from .evaluate import train_and_evaluate
 from .local import LocalQueue, gpu_groups
 from .prepare import prepare
 from .report import METRICS, MIN_THROUGHPUT_STEPS, report_columns, short_throughput_runs, write_report
-from .run import keep_checkpoints, run_one
+from .run import run_one
 from .slurm import submit, write_scripts
 from .spec import Ablation, PlannedRun, load_ablation, plan, run_config, run_name, set_dotted
 from .state import LOCK, RunState, archive_earlier, read_state
@@ -105,7 +105,7 @@ def run_ablation(ablation: Ablation, force: bool = False, console: Console | Non
     for i, (run, state) in enumerate(zip(runs, states(ablation, runs)), 1):
         if state.status == "done":
             console.rule(f"[{i}/{len(runs)}] {run.name}: done before, reusing its result")
-            keep_checkpoints(ablation, run.folder, {})
+            run_one(ablation, run)  # only applies the file's checkpoints: setting, under the run's lock
             continue
         console.rule(f"[{i}/{len(runs)}] {run.name}" + ("" if state.status == "not started" else f" ({state.status})"))
         run_one(ablation, run)

@@ -67,7 +67,7 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
     write_text_atomic(out_dir / "report.json", json.dumps(rows, indent=2, default=str))
     png = out_dir / f".report.{os.getpid()}.png"
-    ablation_figure(rows, METRICS, title, MIN_THROUGHPUT_STEPS).savefig(png, dpi=120)
+    ablation_figure(rows, METRICS, title, short).savefig(png, dpi=120)
     os.replace(png, out_dir / "report.png")
     compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
     table = Table(title=title)

@@ -102,8 +102,9 @@ def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
                 f"{type(err).__name__}: {err}"
             end_attempt(run_dir, attempt, "interrupted" if interrupted else "failed", None if interrupted else error)
             raise
-        row = {"run": name, **run.grid_values, **row, "evaluate": ablation.evaluate}
-        write_json(run_dir / RESULT, keep_checkpoints(ablation, run_dir, row))
+        row = keep_checkpoints(ablation, run_dir, {"run": name, **run.grid_values, **row,
+                                                   "evaluate": ablation.evaluate})
+        write_json(run_dir / RESULT, row)
         end_attempt(run_dir, attempt, "done")
         return row
     finally:

@@ -147,8 +147,7 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
     callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path")).endswith(added)]
     if ablation.checkpoints != "all" and not any(str(c.get("class_path")).endswith("ModelCheckpoint")
                                                  for c in callbacks):
-        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"filename": "best", "save_top_k": 0, "save_last": True}})
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {}})
     for callback in callbacks:
         if str(callback.get("class_path")).endswith("ModelCheckpoint"):
             callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
