@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,6 +32,21 @@ def toy_settings() -> dict:
 
 
 TINY_TOY = {"num_train": 16, "num_val": 6, "size_range": (64, 80), "seed": 1}
+@contextlib.contextmanager
+def float64_reference():
+    """Build and run networks in float64 (``torch.set_default_dtype``): the references of golden and equivalence
+    tests. A deep random float32 network amplifies the ~1e-7 differences of another kernel's reduction order
+    (AVX2 vs AVX-512/AMX, oneDNN vs the reference GEMM, 1 vs 2 threads) and of float32 initialisers (ATen
+    vectorises ``normal_`` for float32 on AVX2 only) to a few % of its logits; in float64 the same chains move
+    them by ~1e-10, so tolerances can stay tight on every CPU."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def set_batchnorm_statistics(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
     """Give every BatchNorm of a freshly built ``model`` exactly the statistics of ``images`` (one batch of a
     cumulative average), then eval mode. With the initial ones (mean 0, variance 1) the activations of a deep

@@ -76,8 +76,9 @@ class DeepLab(nn.Module):
         raise NotImplementedError
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 255] -> the input range of the backbone's weights (float32, memory format kept)."""
-        return (images.float() - self.pixel_mean) / self.pixel_std
+        """RGB in [0, 255] -> the input range of the backbone's weights, in the network's floating dtype (float32,
+        or float64 for a ``.double()`` model; memory format kept)."""
+        return (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
