@@ -9,12 +9,15 @@ take two folders, and a second fit continuing the same run is refused while the 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ RUN_FILES = ("config.yaml", "run_info.json", LOCK_NAME)
 PATH_KEYS = ("default_root_dir", "save_dir", "dirpath", "output_dir")  # config keys that name run outputs
 ENV_RUN_DIR = "DEEPLAB_RUN_DIR"  # the chosen folder, for the processes DDP launches after this one
 ENV_OWNED_RUN_DIR = "DEEPLAB_OWNED_RUN_DIR"  # a folder whose run this fit continues, whatever it holds (ablate)
+TAKEOVER_WAIT_S = 10  # how long a process waits for another to finish taking over a stale lock
 
 
 class RunFolderBusy(RuntimeError):
@@ -89,9 +93,10 @@ def unused_path(path: Path, folder: bool = False) -> Path:
 
 
 def lock_owner() -> dict[str, Any]:
-    """Who holds a lock this process takes: pid, host, SLURM job and command line."""
+    """Who holds a lock this process takes: pid, host, SLURM job, command line, and when (so that no two owners'
+    records are the same text)."""
     return {"pid": os.getpid(), "host": platform.node(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "command": sys.argv}
+            "command": sys.argv, "since": time.time()}
 
 
 def slurm_job_active(job_id: str) -> bool | None:
@@ -105,11 +110,21 @@ def slurm_job_active(job_id: str) -> bool | None:
 
 
 def stale_lock(lock: Path) -> bool:
-    """Whether ``lock`` was left by a process that no longer runs: its pid is gone on this host, its SLURM job
-    is this one before a requeue, or SLURM no longer lists its job."""
+    """Whether ``lock`` was left by a process that no longer runs (see :func:`stale_owner`)."""
     try:
-        owner = json.loads(lock.read_text())
-    except (OSError, ValueError):
+        return stale_owner(lock.read_text())
+    except OSError:
+        return False
+
+
+def stale_owner(record: str) -> bool:
+    """Whether the lock record ``record`` names a process that no longer runs: its pid is gone on this host, its
+    SLURM job is this one before a requeue, or SLURM no longer lists its job."""
+    try:
+        owner = json.loads(record)
+    except ValueError:
+        return False
+    if not isinstance(owner, dict):
         return False
     job, owner_job = os.environ.get("SLURM_JOB_ID"), owner.get("slurm_job_id")
     if job is not None and owner_job == job:
@@ -140,15 +155,58 @@ def try_lock(lock: Path, owner: dict[str, Any] | None = None) -> bool:
 
 
 def take_lock(lock: Path, what: str, owner: dict[str, Any] | None = None) -> None:
-    """Take ``lock`` (or a stale one, see :func:`stale_lock`); raises :class:`RunFolderBusy` naming the live
-    owner and ``what`` it is writing."""
-    if try_lock(lock, owner):
-        return
-    if not stale_lock(lock):
-        raise RunFolderBusy(
-            f"Another process is writing to {what} ({lock}: {lock.read_text().strip()}). Wait for it to end; if it "
-            f"no longer runs (a killed job on another machine), delete {lock} and retry")
-    write_text_atomic(lock, json.dumps(owner or lock_owner()))
+    """Take ``lock``, or a stale one (see :func:`stale_owner`); raises :class:`RunFolderBusy` naming the live
+    owner and ``what`` it is writing. Of processes racing for a dead owner's lock exactly one wins
+    (:func:`_take_over`)."""
+    owner = owner or lock_owner()
+    for _ in range(100):  # a lock released and taken again meanwhile is read again
+        if try_lock(lock, owner):
+            return
+        try:
+            held = lock.read_text()
+        except FileNotFoundError:
+            continue
+        if not stale_owner(held):
+            raise RunFolderBusy(
+                f"Another process is writing to {what} ({lock}: {held.strip()}). Wait for it to end; if it no "
+                f"longer runs (a killed job on another machine), delete {lock} and retry")
+        if _take_over(lock, held, owner):
+            return
+    raise RunFolderBusy(f"{lock} changed owner 100 times while this process tried to take it ({what}); retry")
+
+
+def _take_over(lock: Path, held: str, owner: dict[str, Any]) -> bool:
+    """Replace the stale record ``held`` in ``lock`` by ``owner``; False when another process took it first.
+
+    The processes that found the same stale record race to create its takeover file (``O_EXCL``: one wins); the
+    winner replaces the lock only if it still holds that record. Every owner's record is unique (pid, host,
+    time), so a late process that wins the takeover file after the winner removed it finds a new record and
+    gives up."""
+    breaker = lock.with_name(f"{lock.name}.takeover-{hashlib.sha256(held.encode()).hexdigest()[:16]}")
+    try:
+        fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        deadline = time.monotonic() + TAKEOVER_WAIT_S
+        while time.monotonic() < deadline:  # the winner replaces the record within milliseconds
+            with contextlib.suppress(FileNotFoundError):
+                if lock.read_text() == held:
+                    time.sleep(0.01)
+                    continue
+            return False
+        raise RunFolderBusy(f"{lock} is stale and {breaker} shows a takeover that did not finish in "
+                            f"{TAKEOVER_WAIT_S} s (its process was killed): delete both and retry") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        try:
+            if lock.read_text() != held:
+                return False
+        except FileNotFoundError:
+            return False
+        write_text_atomic(lock, json.dumps(owner))
+        return True
+    finally:
+        breaker.unlink(missing_ok=True)
 
 
 def release_lock(lock: Path) -> None:

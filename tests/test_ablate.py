@@ -1,6 +1,9 @@
 """`deeplab-lightning ablate` on the toy data: a 2-run grid, evaluated with MS + flip and CRF, reported."""
 import csv
 import json
+import shlex
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -138,3 +141,83 @@ def test_ablation_runs_keep_only_the_checkpoints_the_file_asks_for(tmp_path, toy
     with pytest.raises(ValueError, match="checkpoints must be one of all, last, none"):
         path.write_text(yaml.safe_dump({"base": str(base), "checkpoints": "some"}))
         load_ablation(path)
+
+
+def _ablation_file(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / "a b ü.yaml"  # a name with a space and a non-ASCII letter
+    path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "quickstart.yaml"), **spec}, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize("spec,named", [
+    ({"variants": {"a/b": {}, "a_b": {"model.lr": 0.1}}}, ["'a/b'", "'a_b'", "folder 'a_b'"]),
+    ({"grid": {"model.output_stride": [16, "16"]}}, ["output_stride=16", "share the folder"]),
+    ({"variants": {"V3": {}, "v3": {"model.lr": 0.1}}}, ["'V3'", "'v3'"]),  # one folder on macOS
+    ({"variants": {"..": {}}}, ["'..'", "not a folder of its own"]),
+    ({"variants": {".": {}}}, ["'.'"]),
+    ({"variants": {"slurm": {}}}, ["'slurm'"]),  # the folder of the SLURM scripts and logs
+], ids=["slash", "int-vs-str", "case", "dotdot", "dot", "reserved"])
+def test_run_names_that_would_share_or_escape_a_folder_are_refused_before_anything_is_written(
+        tmp_path, spec, named, capsys):
+    path = _ablation_file(tmp_path, output_dir=str(tmp_path / "out"), **spec)
+    with pytest.raises(ValueError) as err:
+        main([str(path), "--dry_run"])
+    assert str(path) in str(err.value) and all(part in str(err.value) for part in named), err.value
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_run_folders_need_no_shell_quoting(tmp_path):
+    path = _ablation_file(tmp_path, variants={"my variant (v2)": {}, "a'b": {"model.lr": 0.1}},
+                          grid={"model.model_kwargs.atrous_rates": [[6, 12, 18]]})
+    folders = [run.folder.name for run in plan(load_ablation(path, tmp_path / "out"))]
+    assert sorted(folders) == ["a_b,atrous_rates=6-12-18", "my_variant__v2_,atrous_rates=6-12-18"]
+    assert all(shlex.quote(name) == name for name in folders)
+    assert all(run.folder.parent == tmp_path / "out" for run in plan(load_ablation(path, tmp_path / "out")))
+
+
+@pytest.mark.parametrize("text,named", [
+    ("base: [unclosed\n", "not valid YAML at line 2"),
+    ("base: 42\n", "base must be the path of an experiment YAML"),
+    ("base: {q}\ngrid: [model.output_stride]\n", "grid must be a mapping"),
+    ("base: {q}\nevaluate: [ms_flip]\n", "evaluate must be a mapping"),
+    ("base: {q}\nset: [trainer.max_steps]\n", "set must be a mapping"),
+    ("base: {q}\nvariants: {{v: [1]}}\n", "variants.v must be a mapping"),
+    ("base: {q}\nevaluate: {{crf: 3}}\n", "evaluate.crf must be a mapping"),
+    ("base: {q}\nvariants: {{v3: {{model.output_stride: 8}}}}\ngrid: {{model.output_stride: [8, 16]}}\n",
+     "grid.model.output_stride is also set by variant(s) v3"),
+], ids=["yaml", "base", "grid", "evaluate", "set", "variant", "crf", "variant-and-grid"])
+def test_malformed_ablation_files_are_one_line_naming_the_file_and_key(tmp_path, text, named, capsys, monkeypatch):
+    from deeplab_lightning.console import console_main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.format(q=REPO / "experiments" / "quickstart.yaml"))
+    monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["deeplab-lightning", "ablate", str(path), "--dry_run"])
+    with pytest.raises(SystemExit) as exit_info:
+        console_main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err and named in err and "Traceback" not in err
+
+
+def test_an_empty_set_value_is_refused(tmp_path, capsys):
+    path = _ablation_file(tmp_path)
+    with pytest.raises(SystemExit):
+        main([str(path), "--set", "trainer.max_steps=", "--dry_run"])
+    assert "'trainer.max_steps=' gives trainer.max_steps no value; write trainer.max_steps=null" in capsys.readouterr().err
+
+
+def test_earlier_runs_are_numbered_1_2_3_and_the_live_log_stays(tmp_path, monkeypatch):
+    from deeplab_lightning.ablate.state import archive_earlier
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    log = folder / "ablate.log"
+    monkeypatch.setenv("DEEPLAB_ABLATION_LOG", str(log))
+    for n in range(1, 4):
+        (folder / "run.yaml").write_text(f"config {n}")
+        log.write_text(f"attempts up to {n}")
+        assert archive_earlier(folder) == folder / "earlier" / str(n)
+        assert (folder / "earlier" / str(n) / "run.yaml").read_text() == f"config {n}"
+        assert log.read_text() == (folder / "earlier" / str(n) / "ablate.log").read_text() == f"attempts up to {n}"
+    assert sorted(p.name for p in (folder / "earlier").iterdir()) == ["1", "2", "3"]

@@ -45,12 +45,13 @@ def step_of(folder: Path) -> int:
 
 
 def test_local_queue_runs_two_runs_at_once_each_on_its_own_devices(tmp_path, toy_dir, toy_settings, write_config,
-                                                                   capsys):
+                                                                   capsys, monkeypatch):
     fresh = tmp_path / "toy_data"  # generated once, by the queue, before any run starts
     path = write_ablation(tmp_path, write_config(tmp_path / "base", toy_dir, toy_settings), max_steps=4,
                           set={"trainer.max_steps": 4, "trainer.val_check_interval": 4, "data.data_dir": str(fresh)})
-    assert main([str(path), "--gpus", "0,1"]) == 0
-    attempts = [read_json(run.folder / "attempt.json") for run in plan(load_ablation(path))]
+    monkeypatch.chdir(tmp_path)  # the README's style: a relative file and output_dir
+    assert main([path.name, "--gpus", "0,1", "--output_dir", "out"]) == 0
+    attempts = [read_json(run.folder / "attempt.json") for run in plan(load_ablation(path, "out"))]
     assert sorted(a["devices"] for a in attempts) == ["0", "1"]  # CUDA_VISIBLE_DEVICES of each child
     assert len({a["pid"] for a in attempts}) == 2 and all(a["outcome"] == "done" for a in attempts)
     assert max(a["started"] for a in attempts) < min(a["ended"] for a in attempts)  # their time spans overlap
@@ -59,9 +60,30 @@ def test_local_queue_runs_two_runs_at_once_each_on_its_own_devices(tmp_path, toy
     printed = capsys.readouterr().out
     assert "started output_stride=16 on CUDA_VISIBLE_DEVICES=0" in printed and "done output_stride=8: mIoU" in printed
     assert -1 < printed.index(f"Preparing the data of ToyVOCDataModule ({fresh})") < printed.index("started")
+    assert_finished_for_every_launcher(tmp_path, path, "out", capsys, monkeypatch)
     with pytest.raises(SystemExit):  # groups must split the GPUs evenly
         main([str(path), "--gpus", "0,1,2", "--gpus_per_run", "2"])
     assert "must divide the 3 GPUs" in capsys.readouterr().err
+
+
+def assert_finished_for_every_launcher(tmp_path: Path, path: Path, output_dir: str, capsys, monkeypatch) -> None:
+    """A finished grid is finished whatever spells its file and output folder (relative, absolute, through a
+    symlink, from another working directory): the report exits 0 and a plain rerun trains and moves nothing."""
+    out = tmp_path / output_dir
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("result.json", "attempt.json", "run.yaml")}
+    (tmp_path / "link").symlink_to(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    spellings = [(tmp_path, [path.name, "--output_dir", output_dir]),
+                 (tmp_path / "elsewhere", [f"../{path.name}", "--output_dir", f"../{output_dir}"]),
+                 (tmp_path, [str(tmp_path / "link" / path.name), "--output_dir", str(tmp_path / "link" / output_dir)])]
+    for cwd, args in spellings:
+        monkeypatch.chdir(cwd)
+        assert main([*args, "--report"]) == 0, capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main([path.name, "--output_dir", output_dir]) == 0  # sequential rerun: every run done before
+    assert capsys.readouterr().out.count("done before, reusing its result") == len(files) // 3
+    assert {p: p.stat().st_mtime_ns for p in files} == files and not list(out.rglob("earlier"))
 
 
 def test_sigterm_to_the_local_queue_leaves_every_run_resumable_in_its_own_folder(tmp_path, toy_dir, toy_settings,
@@ -159,14 +181,34 @@ def job_gone(job: str) -> bool:
     return not out.stdout.strip()
 
 
+def test_slurm_scripts_ask_for_gpus_only_for_gpu_runs_and_for_the_memory_and_cpus_they_need(tmp_path, toy_dir,
+                                                                                         toy_settings, write_config):
+    base = write_config(tmp_path / "base", toy_dir, toy_settings)
+    path = write_ablation(tmp_path, base, max_steps=2, set={"data.num_workers": 3})
+    header = {}
+    for name, args in {"cpu": [], "gpu": ["--set", "trainer.accelerator=gpu"],
+                       "set": ["--gpus_per_run", "2", "--cpus_per_task", "8", "--mem", "100G"]}.items():
+        assert main([str(path), "--slurm", "--no_submit", "--output_dir", str(tmp_path / name), *args]) == 0
+        text = (tmp_path / name / "slurm" / "array.sbatch").read_text()
+        header[name] = dict(re.findall(r"#SBATCH --([a-z-]+)=(\S+)", text))
+    assert "gres" not in header["cpu"] and header["gpu"]["gres"] == "gpu:1"  # a CPU config asks for no GPU
+    assert header["cpu"]["cpus-per-task"] == header["gpu"]["cpus-per-task"] == "4"  # 3 workers + the run
+    assert header["cpu"]["mem"] == header["gpu"]["mem"] == "12G"
+    assert header["set"]["gres"] == "gpu:2" and header["set"]["ntasks-per-node"] == "2"
+    assert header["set"]["cpus-per-task"] == "8" and header["set"]["mem"] == "100G"
+
+
 @slurm
 def test_slurm_array_runs_each_task_on_its_own_gpu_and_ends_in_one_report(tmp_path, toy_dir, toy_settings,
-                                                                         write_config, capsys):
+                                                                         write_config, capsys, monkeypatch):
     path = write_ablation(tmp_path, write_config(tmp_path / "base", toy_dir, toy_settings), max_steps=4)
-    array, report = submit(path, capsys, "--time", "00:10:00")
+    monkeypatch.chdir(tmp_path)  # relative file and output_dir, as the README types them
+    # the runs train on the CPU: the fake GPUs are asked for explicitly, to check each task gets its own
+    array, report = submit(Path(path.name), capsys, "--time", "00:10:00", "--output_dir", "out", "--gpus_per_run", "1")
     wait_for(lambda: job_gone(report), 400, f"the report job {report}", poll=1)
     rows = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [r["status"] for r in rows] == ["done", "done"]
+    assert_finished_for_every_launcher(tmp_path, path, "out", capsys, monkeypatch)
     attempts = [read_json(run.folder / "attempt.json") for run in plan(load_ablation(path))]
     devices = [a["devices"] for a in attempts]  # the fake GPUs SLURM gave each task (4 on the node)
     assert len(set(devices)) == 2 and set(devices) <= {"0", "1", "2", "3"}

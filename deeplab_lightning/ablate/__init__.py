@@ -127,9 +127,15 @@ def restart_all(ablation: Ablation) -> None:
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``"trainer.max_steps=20"`` -> ``("trainer.max_steps", 20)`` (the value read as YAML)."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. trainer.max_steps=20), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} gives {key.strip()} no value; write {key.strip()}=null to set it "
+                                         f"to null")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"the value of {text!r} is not valid YAML ({err})") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,14 +154,17 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--run", metavar="NAME", help="train and evaluate the run of this name only")
     mode.add_argument("--run_index", type=int, metavar="I", help="train and evaluate run I (from 0) only")
     mode.add_argument("--report", action="store_true", help="write the report from the run folders as they are")
-    parser.add_argument("--gpus_per_run", type=int, default=1, metavar="K",
-                        help="GPUs of each run with --gpus or --slurm (DDP inside the run when K > 1)")
+    parser.add_argument("--gpus_per_run", type=int, metavar="K",
+                        help="GPUs of each run with --gpus or --slurm (DDP inside the run when K > 1); default 1, "
+                             "and with --slurm none when the runs train on the CPU (trainer.accelerator: cpu)")
     slurm = parser.add_argument_group("SLURM (with --slurm)")
     slurm.add_argument("--partition", help="the partition of every job")
     slurm.add_argument("--time", help="time limit of each run's task, e.g. 24:00:00 (it is requeued before it)")
     slurm.add_argument("--max_parallel", type=int, metavar="N", help="at most N runs at once (%%N of --array)")
     slurm.add_argument("--cpus_per_task", type=int, help="CPUs of each task (default: the data loader's "
                        "num_workers + 1)")
+    slurm.add_argument("--mem", help="memory of each task, e.g. 32G (default: 6G + 2G per data-loader worker, per "
+                       "GPU of the run)")
     slurm.add_argument("--no_submit", action="store_true", help="only write the scripts")
     return parser
 
@@ -194,22 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is not None or args.run_index is not None:
         return _run_single(ablation, args.run, args.run_index, console)
     try:
-        groups = gpu_groups(args.gpus, args.gpus_per_run) if args.gpus is not None else []
+        groups = gpu_groups(args.gpus, args.gpus_per_run or 1) if args.gpus is not None else []
     except ValueError as err:
         _parser().error(str(err))
     if args.force:
         restart_all(ablation)
     prepare(ablation, console)
-    command = [sys.executable, "-m", "deeplab_lightning", "ablate", str(Path(args.file).resolve()),
-               "--output_dir", str(ablation.output_dir.resolve()), *(f"--set={text}" for text in args.set)]
+    command = [sys.executable, "-m", "deeplab_lightning", "ablate", str(Path(args.file).absolute()),
+               "--output_dir", str(ablation.output_dir), *(f"--set={text}" for text in args.set)]
     if args.slurm:
         return _slurm(ablation, args, command, console)
     if groups:
         queue = LocalQueue(states(ablation), groups, command, console)
         status = queue.run()
         return status if status > 1 else max(status, report(ablation, console)[1])
-    run_ablation(ablation, console=console)
-    return 0
+    rows = run_ablation(ablation, console=console)
+    return int(any(row["status"] != "done" for row in rows))  # 1 while the report lists runs not done
 
 
 def _run_single(ablation: Ablation, name: str | None, index: int | None, console: Console) -> int:
@@ -232,13 +241,10 @@ def _run_single(ablation: Ablation, name: str | None, index: int | None, console
 
 def _slurm(ablation: Ablation, args: argparse.Namespace, command: list[str], console: Console) -> int:
     runs = plan(ablation)
-    cpus = args.cpus_per_task
-    if cpus is None:
-        data = yaml.safe_load(runs[0].config).get("data") or {}
-        cpus = int((data.get("init_args") or {}).get("num_workers") or 0) + 1
+    resources = task_resources([yaml.safe_load(run.config) for run in runs], args.gpus_per_run, args.cpus_per_task,
+                               args.mem)
     array, report_script = write_scripts(ablation, command, len(runs), partition=args.partition, time=args.time,
-                                         max_parallel=args.max_parallel, gpus_per_run=args.gpus_per_run,
-                                         cpus_per_task=cpus)
+                                         max_parallel=args.max_parallel, **resources)
     if args.no_submit:
         console.print(f"Wrote {array} ({len(runs)} tasks) and {report_script}. Submit them with:\n"
                       f"  id=$(sbatch --parsable {array}) && sbatch --dependency=afterany:$id {report_script}",
@@ -246,6 +252,20 @@ def _slurm(ablation: Ablation, args: argparse.Namespace, command: list[str], con
         return 0
     submit(array, report_script, [*command, "--report"], console)
     return 0
+
+
+def task_resources(configs: list[dict[str, Any]], gpus: int | None, cpus: int | None,
+                   mem: str | None) -> dict[str, Any]:
+    """What each SLURM task asks for, unless the options set it: a GPU per run unless every run trains on the
+    CPU (``trainer.accelerator: cpu``); the data loader's ``num_workers`` + 1 CPUs; 6 GB + 2 GB per worker of
+    host memory per GPU (an estimate: the process, the CUDA context and the workers' decoded batches), for the
+    largest run of the grid."""
+    workers = max(int(((c.get("data") or {}).get("init_args") or {}).get("num_workers") or 0) for c in configs)
+    if gpus is None:
+        on_cpu = all(str((c.get("trainer") or {}).get("accelerator")).lower() == "cpu" for c in configs)
+        gpus = 0 if on_cpu else 1
+    return {"gpus_per_run": gpus, "cpus_per_task": cpus or workers + 1,
+            "mem": mem or f"{(6 + 2 * workers) * max(gpus, 1)}G"}
 
 
 def dry_run(ablation: Ablation) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from .spec import Ablation, run_config
+from .spec import Ablation, folder_name, run_config
 
 
 def _instantiate(spec: dict[str, Any]) -> Any:
@@ -27,7 +27,7 @@ def prepare(ablation: Ablation, console: Console | None = None) -> None:
     base = yaml.safe_load(ablation.base.read_text())
     seen: set[str] = set()
     for name, overrides in ablation.runs():
-        config = run_config(ablation, base, name, overrides, ablation.output_dir / name)
+        config = run_config(ablation, base, name, overrides, ablation.output_dir / folder_name(name))
         data, model = config.get("data"), dict(config.get("model") or {})
         key = json.dumps(data, sort_keys=True, default=str)
         if not isinstance(data, dict) or "class_path" not in data or key in seen:

@@ -19,7 +19,8 @@ from ..run_folder import ENV_OWNED_RUN_DIR, lock_owner, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .spec import Ablation, PlannedRun
 from .state import (ATTEMPT, CONFIG, EARLIER, LOCK, RESULT, archive_earlier, end_attempt, finished_row, read_json,
-                    resume_checkpoint, slurm_restart, start_attempt, write_json)
+                    resume_checkpoint, same_config, slurm_restart, start_attempt, write_json,
+                    written_config)
 
 WORKER_WAIT_S = 600  # how long a rank > 0 started by srun waits for rank 0 to prepare the run
 
@@ -86,8 +87,8 @@ def run_one(ablation: Ablation, run: PlannedRun) -> dict[str, Any] | None:
         row = finished_row(run_dir, config, ablation.evaluate)
         if row is not None:
             return keep_checkpoints(ablation, run_dir, row)
-        config_path = run_dir / CONFIG
-        if (run_dir / RESULT).exists() or (config_path.exists() and config_path.read_text() != config):
+        config_path, written = run_dir / CONFIG, written_config(run_dir)
+        if (run_dir / RESULT).exists() or (written is not None and not same_config(written, config)):
             archive_earlier(run_dir)  # another config's or evaluation's files: kept, not continued
         config_path.write_text(config)
         resume = resume_checkpoint(run_dir)

@@ -26,7 +26,7 @@ def _header(options: dict[str, object]) -> list[str]:
 
 def write_scripts(ablation: Ablation, command: list[str], num_runs: int, *, partition: str | None = None,
                   time: str | None = None, max_parallel: int | None = None, gpus_per_run: int = 1,
-                  cpus_per_task: int = 1) -> tuple[Path, Path]:
+                  cpus_per_task: int = 1, mem: str | None = None) -> tuple[Path, Path]:
     """Write ``<output_dir>/slurm/array.sbatch`` and ``report.sbatch`` (numbered when earlier ones exist);
     ``command`` is the ablate command every task runs, without ``--run_index``."""
     folder = (ablation.output_dir / "slurm").resolve()
@@ -36,7 +36,7 @@ def write_scripts(ablation: Ablation, command: list[str], num_runs: int, *, part
     common = {"partition": partition, "chdir": os.getcwd()}
     array_options = {"job-name": job, "array": array, "nodes": 1, "ntasks-per-node": max(gpus_per_run, 1),
                      "gres": f"gpu:{gpus_per_run}" if gpus_per_run else None, "cpus-per-task": cpus_per_task,
-                     "time": time, "output": folder / "%A_%a.log", "open-mode": "append", **common}
+                     "mem": mem, "time": time, "output": folder / "%A_%a.log", "open-mode": "append", **common}
     run = shlex.join([*command, "--run_index"])
     array_text = "\n".join([
         "#!/bin/bash", f"# Ablation {ablation.name}: {num_runs} runs, one array task each (deeplab-lightning ablate "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,6 +17,9 @@ ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evalu
 # resumes from), or nothing once its result is written (the report holds what the ablation measured).
 CHECKPOINTS = ("all", "last", "none")
 STATUS_FILE = "status.json"  # step and ETA of the run's fit (callbacks.RunStatus)
+# A run folder's name: the run's name with every other character replaced by "_" (no shell quoting needed).
+UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+RESERVED = {"", ".", "..", "slurm", *(f"report.{ext}" for ext in ("csv", "md", "png", "json"))}  # not run folders
 
 
 @dataclass
@@ -23,7 +28,7 @@ class Ablation:
 
     name: str
     base: Path
-    output_dir: Path
+    output_dir: Path  # absolute: every launcher and child writes the same paths into the run configs
     set: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -31,6 +36,7 @@ class Ablation:
     crf: dict[str, Any] | None = None
     output_stride: int | None = None
     checkpoints: str = "all"
+    source: Path | None = None  # the ablation file
 
     @property
     def evaluate(self) -> dict[str, Any]:
@@ -39,20 +45,54 @@ class Ablation:
         return settings if self.output_stride is None else {**settings, "output_stride": self.output_stride}
 
     def runs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(run name, overrides) for every variant and combination of the grid (``base`` without either)."""
+        """(run name, overrides) for every variant and combination of the grid (``base`` without either). Raises
+        naming both runs when two would share a folder (see :func:`folder_name`)."""
         keys = list(self.grid)
         combos = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
         variants = self.variants or {"": {}}
         runs = []
         for variant, settings in variants.items():
             for combo in combos:
-                name = ",".join(part for part in (variant, run_name(combo) if combo else "") if part) or "base"
+                name = ",".join(part for part in (str(variant), run_name(combo) if combo else "") if part) or "base"
                 runs.append((name, {**settings, **combo}))
+        self._check_folders(runs)
         return runs
+
+    def _check_folders(self, runs: list[tuple[str, dict[str, Any]]]) -> None:
+        where = f"Ablation file {self.source}" if self.source else f"Ablation {self.name}"
+        seen: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, overrides in runs:
+            folder = folder_name(name)
+            if folder.casefold() in RESERVED:
+                raise ValueError(f"{where}: run {name!r} ({overrides}) would write to {folder!r}, not a folder of its "
+                                 f"own under output_dir; give the variant or grid value another name")
+            key = folder.casefold()  # one folder on a case-insensitive file system (macOS, Windows)
+            if key in seen:
+                other, other_overrides = seen[key]
+                raise ValueError(f"{where}: runs {other!r} ({other_overrides}) and {name!r} ({overrides}) would share "
+                                 f"the folder {folder!r}; rename a variant or change a grid value so their names differ")
+            seen[key] = (name, overrides)
+
+
+def folder_name(run: str) -> str:
+    """The folder of run ``run`` under ``output_dir``: its name with each character other than letters, digits and
+    ``._,=+-`` replaced by ``_`` (``a/b`` -> ``a_b``), so that it stays inside ``output_dir`` and a shell takes it
+    without quotes."""
+    return UNSAFE.sub("_", run)
 
 
 def _fail(path: Path, message: str) -> NoReturn:
     raise ValueError(f"Ablation file {path}: {message}")
+
+
+def _mapping(path: Path, spec: dict[str, Any], key: str, what: str) -> dict[str, Any]:
+    """``spec[key]`` as a mapping (empty when missing or null); errors name the file and key."""
+    value = spec.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(path, f"{key} must be a mapping of {what}, got {type(value).__name__} {value!r}")
+    return value
 
 
 def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Ablation:
@@ -60,7 +100,13 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Ablation file {path} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        _fail(path, f"not valid YAML{where} ({getattr(err, 'problem', None) or err})")
+    spec = {} if spec is None else spec
     if not isinstance(spec, dict):
         _fail(path, "expected a mapping with keys " + ", ".join(sorted(ABLATION_KEYS)))
     unknown = set(spec) - ABLATION_KEYS
@@ -68,19 +114,30 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
         _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(ABLATION_KEYS)}")
     if "base" not in spec:
         _fail(path, "'base' (the experiment YAML every run starts from) is missing")
+    if not isinstance(spec["base"], str) or not spec["base"]:
+        _fail(path, f"base must be the path of an experiment YAML (relative to this file), got {spec['base']!r}")
     base = (path.parent / spec["base"]).resolve()
     if not base.is_file():
         _fail(path, f"base experiment {base} does not exist")
-    variants = spec.get("variants") or {}
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-        _fail(path, "variants must map a name to a mapping of dotted overrides")
-    grid = spec.get("grid") or {}
+    settings = _mapping(path, spec, "set", "dotted config keys to values (trainer.max_steps: 700)")
+    variants = _mapping(path, spec, "variants", "variant names to mappings of dotted overrides")
+    for variant, overrides in variants.items():
+        if not isinstance(overrides, dict):
+            _fail(path, f"variants.{variant} must be a mapping of dotted overrides, got {overrides!r}")
+    grid = _mapping(path, spec, "grid", "dotted config keys to lists of values")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             _fail(path, f"grid.{key} must be a non-empty list of values, got {values!r}")
-    evaluate = spec.get("evaluate") or {}
+        both = [variant for variant, overrides in variants.items() if key in overrides]
+        if both:
+            _fail(path, f"grid.{key} is also set by variant(s) {', '.join(map(str, both))}: a run would take one "
+                        f"value and silently drop the other; set it in one place")
+    evaluate = _mapping(path, spec, "evaluate", "evaluations (ms_flip, crf, output_stride)")
     if set(evaluate) - {"ms_flip", "crf", "output_stride"}:
         _fail(path, f"evaluate takes ms_flip, crf and output_stride, got {sorted(evaluate)}")
+    for key in ("ms_flip", "crf"):
+        if not isinstance(evaluate.get(key), (dict, bool, type(None))):
+            _fail(path, f"evaluate.{key} must be a mapping of its arguments, true or null, got {evaluate[key]!r}")
     output_stride = evaluate.get("output_stride")
     if output_stride is not None and output_stride not in (8, 16, 32):
         _fail(path, f"evaluate.output_stride must be 8, 16 or 32, got {output_stride!r}")
@@ -93,11 +150,11 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     def kwargs(value: Any) -> dict[str, Any] | None:
         return None if value in (None, False) else ({} if value is True else dict(value))
 
-    return Ablation(name=name, base=base,
-                    output_dir=Path(output_dir or spec.get("output_dir") or f"runs/ablations/{name}"),
-                    set=dict(spec.get("set") or {}), variants=dict(variants), grid=dict(grid),
+    return Ablation(name=str(name), base=base,
+                    output_dir=Path(os.path.abspath(output_dir or spec.get("output_dir") or f"runs/ablations/{name}")),
+                    set=dict(settings), variants=dict(variants), grid=dict(grid),
                     ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")),
-                    output_stride=output_stride, checkpoints=checkpoints)
+                    output_stride=output_stride, checkpoints=checkpoints, source=path)
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
@@ -181,7 +238,7 @@ def plan(ablation: Ablation) -> list[PlannedRun]:
     base = yaml.safe_load(ablation.base.read_text())
     runs = []
     for name, overrides in ablation.runs():
-        folder = ablation.output_dir / name.replace("/", "_")
+        folder = ablation.output_dir / folder_name(name)
         config = yaml.safe_dump(run_config(ablation, base, name, overrides, folder), sort_keys=False)
         runs.append(PlannedRun(name, folder, config, {k: v for k, v in overrides.items() if k in ablation.grid}))
     return runs

@@ -9,14 +9,18 @@ sequential loop, a child of the local queue, a SLURM array task, the report):
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..run_folder import numbered_candidates, stale_lock, write_text_atomic
+import yaml
+
+from ..run_folder import stale_lock, write_text_atomic
 from .spec import STATUS_FILE
 
 CONFIG, RESULT, ATTEMPT, LOCK, EARLIER = "run.yaml", "result.json", "attempt.json", "ablation.lock", "earlier"
@@ -36,14 +40,55 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, default=str))
 
 
-def finished_row(folder: Path, config: str, evaluate: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's report row if it finished with exactly this config text and these evaluations."""
-    row = read_json(folder / RESULT)
+def config_meaning(text: str) -> Any:
+    """A run config as what it means: parsed, with its run folder (``trainer.default_root_dir``, however the
+    launcher that wrote it spelt the path) replaced by ``<run>`` wherever a value is that folder or a path in it."""
+    config = yaml.safe_load(text)
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+    if not isinstance(root, str) or not root:
+        return config
+    root = os.path.normpath(root)
+
+    def canonical(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: canonical(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [canonical(value) for value in node]
+        if isinstance(node, str) and node:
+            path = os.path.normpath(node)
+            if path == root or path.startswith(root + os.sep):
+                return "<run>" + path[len(root):]
+        return node
+
+    return canonical(config)
+
+
+def same_config(written: str, planned: str) -> bool:
+    """Whether two run configs mean the same run (see :func:`config_meaning`): a run finished by one launcher is
+    finished for every other, whatever the spelling of its ablation file or ``output_dir``."""
+    if written == planned:
+        return True
     try:
-        same_config = (folder / CONFIG).read_text() == config
+        return config_meaning(written) == config_meaning(planned)
+    except yaml.YAMLError:
+        return False
+
+
+def written_config(folder: Path) -> str | None:
+    """The text of the run's ``run.yaml``, or None when there is none."""
+    try:
+        return (folder / CONFIG).read_text()
     except OSError:
         return None
-    return row if row is not None and same_config and row.get("evaluate") == evaluate else None
+
+
+def finished_row(folder: Path, config: str, evaluate: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's report row if it finished with this config (in meaning) and these evaluations."""
+    row, written = read_json(folder / RESULT), written_config(folder)
+    if row is None or written is None or not same_config(written, config):
+        return None
+    return row if row.get("evaluate") == evaluate else None
 
 
 def resume_checkpoint(folder: Path) -> Path | None:
@@ -56,14 +101,20 @@ def resume_checkpoint(folder: Path) -> Path | None:
 
 
 def archive_earlier(folder: Path) -> Path | None:
-    """Move what ``folder`` holds (but its lock and earlier runs) into ``earlier/N``; returns that folder."""
+    """Move what ``folder`` holds (but its lock and earlier runs) into ``earlier/N`` (the first free N from 1);
+    returns that folder. The log this attempt writes to (``$DEEPLAB_ABLATION_LOG``) is copied, not moved, so
+    that ``attempt.json`` names the file that holds the current attempt."""
     entries = [p for p in folder.iterdir() if p.name not in (LOCK, EARLIER)] if folder.is_dir() else []
     if not entries:
         return None
-    target = next(p for p in numbered_candidates(folder / EARLIER / "1", folder=True) if not p.exists())
+    target = next(folder / EARLIER / str(n) for n in itertools.count(1) if not (folder / EARLIER / str(n)).exists())
     target.mkdir(parents=True)
+    live_log = os.environ.get(ENV_LOG)
     for entry in entries:
-        entry.rename(target / entry.name)
+        if live_log and os.path.isfile(live_log) and entry.is_file() and entry.samefile(live_log):
+            shutil.copy2(entry, target / entry.name)
+        else:
+            entry.rename(target / entry.name)
     return target
 
 
