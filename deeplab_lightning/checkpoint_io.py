@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Reading unpickles tensors and plain Python values only (``weights_only=True``, whatever the caller asks): a
     checkpoint that holds other objects could run code when loaded, and is refused as unsafe, naming them. A
-    file that is empty, truncated or not a checkpoint raises a ``ValueError`` naming the file. The
+    file that is empty, truncated or not a checkpoint (its ``state_dict`` or ``hyper_parameters`` not a mapping
+    included) raises a ``ValueError`` naming the file. The
     ``deeplab-lightning`` command installs this plugin unless another checkpoint IO plugin is configured.
     """
 
@@ -87,6 +89,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ValueError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'); pass a "
                              f"checkpoint written by deeplab-lightning fit")
+        for key in ("state_dict", "hyper_parameters"):
+            if key in checkpoint and not isinstance(checkpoint[key], Mapping):
+                raise ValueError(f"Checkpoint {path} is malformed: its {key!r} is a {type(checkpoint[key]).__name__}, "
+                                 f"not a mapping of names to values; use another checkpoint of the run (last.ckpt "
+                                 f"or best.ckpt)")
         return checkpoint
 
 

@@ -1,11 +1,15 @@
 """A user's mistake on the command line is one line that names it and the fix (the traceback behind
-DEEPLAB_TRACEBACK=1), and a mistyped option comes first with the nearest valid ones, not after a usage dump."""
+DEEPLAB_TRACEBACK=1), also from a data-loader worker; a bug keeps its traceback, even as a ValueError; and a mistyped
+option comes first with the nearest valid ones, not after a usage dump."""
 import sys
+import traceback
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deeplab_lightning.console import console_main
+from deeplab_lightning.data.dataset import read_image
 from deeplab_lightning.errors import nearest_options
 
 CONFIG = str(Path(__file__).parents[1] / "experiments" / "quickstart.yaml")
@@ -45,3 +49,70 @@ def test_a_mistyped_option_comes_first_with_the_nearest_valid_keys(tmp_path, mon
     assert not (tmp_path / "runs").exists()
     assert nearest_options("Subcommand 'fit' does not accept option 'model.lrr'", ["--model.lr", "--data"]) == [
         "--model.lr"]
+
+
+def test_a_bug_keeps_its_traceback_even_as_a_value_error(tmp_path, monkeypatch, capsys, toy_dir, toy_settings,
+                                                          write_config):
+    """A ValueError raised inside torch (not by a `raise` of this package) or a ZeroDivisionError planted in a
+    command is a bug: it propagates with its traceback, no one-line "error:" hides it; the package's own
+    error in the same command stays one line."""
+    import torch
+
+    import deeplab_lightning.check_data
+
+    config = str(write_config(tmp_path, toy_dir, toy_settings))
+    monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
+    planted = {"torch": lambda: torch.nn.functional.interpolate(torch.zeros(1, 1, 2, 2), size=(1,)),
+               "division": lambda: 1 / 0}
+    for bug, expected in (("torch", ValueError), ("division", ZeroDivisionError)):
+        monkeypatch.setattr(deeplab_lightning.check_data, "check_data", lambda *args, bug=bug: planted[bug]())
+        monkeypatch.setattr(sys, "argv", ["deeplab-lightning", "check-data", "--config", config])
+        with pytest.raises(expected) as raised:
+            console_main()
+        frames = traceback.extract_tb(raised.value.__traceback__)
+        assert frames[-1].filename.endswith(("torch/nn/functional.py", "test_errors.py")), frames[-1]
+        assert "error:" not in capsys.readouterr().err
+    missing = tmp_path / "missing"  # the package's own ValueError, raised for the user: one line
+    monkeypatch.setattr(deeplab_lightning.check_data, "check_data", lambda *args: read_image(missing))
+    assert command(monkeypatch, "check-data", "--config", config) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"deeplab-lightning check-data: error: Image {missing} does not")
+
+
+def test_a_data_loader_worker_error_is_one_line_when_the_package_raised_it(tmp_path, monkeypatch, capsys,
+                                                                           toy_dir, toy_settings, write_config):
+    """torch re-raises a worker's error with the worker's whole traceback as its message: the package's error is
+    reported as its own one line, a bug in the worker keeps the traceback."""
+    import torch
+
+    import deeplab_lightning.check_data
+
+    class Reading(torch.utils.data.Dataset):
+        def __init__(self, read):
+            self.read = read
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return self.read()
+
+    missing = tmp_path / "missing.jpg"
+    user_error = Reading(lambda: read_image(missing))
+    bug = Reading(lambda: np.zeros(3).reshape(2))  # numpy's ValueError, raised in the worker
+
+    def load_in_a_worker(dataset):
+        return lambda *args: next(iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1)))
+
+    config = str(write_config(tmp_path, toy_dir, toy_settings))
+    monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
+    monkeypatch.setattr(deeplab_lightning.check_data, "check_data", load_in_a_worker(user_error))
+    assert command(monkeypatch, "check-data", "--config", config) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"deeplab-lightning check-data: error: Image {missing} does not exist; check the path  "
+                     f"[DEEPLAB_TRACEBACK=1 shows the traceback]"], lines
+    monkeypatch.setattr(deeplab_lightning.check_data, "check_data", load_in_a_worker(bug))
+    monkeypatch.setattr(sys, "argv", ["deeplab-lightning", "check-data", "--config", config])
+    with pytest.raises(ValueError, match=r"Caught ValueError in DataLoader worker process 0(.|\n)*reshape"):
+        console_main()
+    assert "error:" not in capsys.readouterr().err

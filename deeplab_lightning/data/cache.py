@@ -9,10 +9,13 @@ label map as [H, W], train ids, already checked), ``index.json`` (format, the se
 and per sample its id, source files with their size and modification time, shape and offsets). The store is
 written to a temporary folder and renamed into place, so a reader never sees half of one. It is used only when
 it holds exactly the split's samples, from unchanged files (same size and modification time) and under the same
-labelling; otherwise :class:`DecodedSplit` raises, naming the difference and the command that rebuilds it.
+labelling; otherwise :class:`DecodedSplit` raises, naming the difference (or the damaged index) and the command
+that rebuilds it. The files' disk space is allocated before they are memory-mapped and written, so a full disk is
+a problem that names the folder, not a SIGBUS.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -30,6 +33,7 @@ from .dataset import Sample, SegmentationDataset, image_size
 FORMAT = 1
 INDEX, IMAGES, LABELS = "index.json", "images.u8", "labels.u8"
 REBUILD = "rebuild it with `deeplab-lightning cache --config <your config>`, or set data.init_args.use_cache false"
+ENTRY_KEYS = ("id", "image", "mask", "image_stamp", "mask_stamp", "shape", "image_offset", "label_offset")
 
 
 def source_stamp(path: Path | None) -> list[int] | None:
@@ -51,6 +55,23 @@ def _path(path: Path | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
+def read_index(path: Path) -> dict[str, Any]:
+    """A store's parsed ``index.json``; ValueError naming the file and the rebuild command where it is cut short
+    or, in this version's format, lacks the samples' entries."""
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError (cut short, empty), UnicodeDecodeError (not text)
+        raise ValueError(f"The decoded cache index {path} is damaged ({err}): it may have been cut short; "
+                         f"{REBUILD}") from None
+    if isinstance(index, dict) and index.get("format") != FORMAT:
+        return index  # another version's store: DecodedSplit names its format
+    samples = index.get("samples") if isinstance(index, dict) else None
+    if not samples or not isinstance(samples, list) or not all(
+            isinstance(entry, dict) and all(key in entry for key in ENTRY_KEYS) for entry in samples):
+        raise ValueError(f"The decoded cache index {path} is damaged: it lacks the samples' entries; {REBUILD}")
+    return index
+
+
 class DecodedSplit:
     """The decoded store of ``samples`` in ``folder``: :meth:`read` gives (image [H, W, 3], labels [H, W]) as
     read-only uint8 views of memory-mapped files. Raises ValueError when the store does not match the
@@ -58,7 +79,7 @@ class DecodedSplit:
 
     def __init__(self, folder: Path, dataset: SegmentationDataset) -> None:
         self.folder = Path(folder)
-        index = json.loads((self.folder / INDEX).read_text())
+        index = read_index(self.folder / INDEX)
         stale = self._difference(index, dataset.samples, labelling(dataset))
         if stale:
             raise ValueError(f"The decoded cache {self.folder} is out of date: {stale}; {REBUILD}")
@@ -196,17 +217,14 @@ def _write_locked(dataset: SegmentationDataset, folder: Path, tasks: list[tuple[
                   progress: Callable[[int, int], None] | None) -> tuple[int, list[str]]:
     """:func:`write_split` once it holds the split's lock: (bytes written, problems)."""
     image_bytes, label_bytes = sizes
-    free = shutil.disk_usage(folder.parent).free
-    if image_bytes + label_bytes > free:
-        return 0, [f"the decoded split needs {image_bytes + label_bytes:,} bytes; {folder.parent} has {free:,} "
-                   f"free: free space or set data.init_args.cache_dir to another disk"]
+    if image_bytes + label_bytes > shutil.disk_usage(folder.parent).free:
+        return 0, [_no_space(folder, image_bytes + label_bytes)]
     partial = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        for name, size in ((IMAGES, image_bytes), (LABELS, label_bytes)):
-            with open(partial / name, "wb") as f:
-                f.truncate(size)
+        if (full := _allocate_store(partial, sizes, folder)) is not None:
+            return 0, [full]
         if workers > 1:
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dataset, partial)) as pool:
                 problems += _collect(pool.map(_decode_into, tasks, chunksize=4), len(tasks), progress)
@@ -225,6 +243,36 @@ def _write_locked(dataset: SegmentationDataset, folder: Path, tasks: list[tuple[
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return image_bytes + label_bytes, []
+
+
+def allocate(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes of disk space allocated (zeros): writing through a memory map of a
+    sparse file on a full disk kills the process with SIGBUS, whereas allocating fails with ENOSPC."""
+    with open(path, "wb") as f:
+        if size and hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, size)
+        else:  # nothing to allocate, or no posix_fallocate (macOS): a sparse file
+            f.truncate(size)
+
+
+def _allocate_store(partial: Path, sizes: tuple[int, int], folder: Path) -> str | None:
+    """Allocate the images and labels files of the store in ``partial``; the problem where its disk is full."""
+    try:
+        for name, size in zip((IMAGES, LABELS), sizes):
+            allocate(partial / name, size)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # what it allocated counts as free in the message
+        return _no_space(folder, sum(sizes))
+    return None
+
+
+def _no_space(folder: Path, needed: int) -> str:
+    """The problem of a store of ``needed`` bytes at ``folder`` that its disk cannot hold."""
+    free = shutil.disk_usage(folder.parent).free
+    return (f"the decoded cache {folder} needs {needed:,} bytes but its disk ({folder.parent}) has {free:,} free: "
+            f"free space or set data.init_args.cache_dir to another disk")
 
 
 def _collect(results: Any, total: int, progress: Callable[[int, int], None] | None) -> list[str]:
