@@ -6,6 +6,8 @@ Uses the ``data`` section of an experiment config. Every image and label map is 
 training (readable, same size, labels in range); the summary lists each split's size and per-class pixel
 frequencies, then every problem found, with its file, and what would train a wrong model silently: masks
 holding only 0 and the ignore label (binary masks saved as 0/255), a class with no pixel, most pixels ignored.
+Unpaired files are listed with the naming rule (and what to rename when masks are named otherwise), RGB colour
+masks counted in one line with how to map their colours to classes.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import sys
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
 from .console import data_command_parser
 from .data.base import SegmentationDataModule
+from .data.colour_masks import colour_mask_problem, is_colour_mask
 from .data.dataset import SegmentationDataset
 from .data.folder import binary_mask_problem
 
@@ -58,15 +62,33 @@ def label_problems(split: str, counts: torch.Tensor, ignored: int, class_names: 
     return problems
 
 
-def _paired_files(datamodule: SegmentationDataModule, split: str) -> SegmentationDataset | None:
-    """The split's files that pair up, when the data module can list them despite unpaired ones, else None."""
+def _paired_files(datamodule: SegmentationDataModule, split: str,
+                  err: Exception) -> tuple[SegmentationDataset | None, list[str]]:
+    """After ``err`` from reading ``split``: the split's files that pair up (None when none do, or the data module
+    cannot list them) and the problems, one per kind of unpaired file where the data module names them."""
     if not hasattr(datamodule, "paired_samples"):
-        return None
+        return None, [str(err)]
     try:
-        samples, _ = datamodule.paired_samples(split)
+        samples, problems = datamodule.paired_samples(split)
     except (OSError, ValueError):
-        return None
-    return SegmentationDataset(samples, datamodule.num_classes, None, datamodule.label_map, datamodule.ignore_index)
+        return None, [str(err)]
+    dataset = SegmentationDataset(samples, datamodule.num_classes, None, datamodule.label_map,
+                                  datamodule.ignore_index) if samples else None
+    return dataset, problems or [str(err)]
+
+
+def _without_colour_masks(dataset: SegmentationDataset, split: str,
+                          datamodule: SegmentationDataModule) -> tuple[SegmentationDataset | None, list[str]]:
+    """The split without its RGB colour masks (None when nothing is left), and one problem that counts them."""
+    colour = [s.mask for s in dataset.samples if s.mask is not None and is_colour_mask(s.mask)]
+    if not colour:
+        return dataset, []
+    skipped = set(colour)
+    rest = [s for s in dataset.samples if s.mask not in skipped]
+    problem = colour_mask_problem(split, colour, datamodule)
+    if not rest:
+        return None, [problem]
+    return SegmentationDataset(rest, dataset.num_classes, None, dataset.label_map, dataset.ignore_index), [problem]
 
 
 def check_data(datamodule: SegmentationDataModule, splits: list[str], console: Console | None = None) -> bool:
@@ -79,14 +101,17 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
     columns = []
     for split in splits:
         try:
-            dataset = datamodule.dataset(split, cached=False)  # the files themselves
-        except (OSError, ValueError) as err:  # a missing or malformed split list: report it, check the rest
-            dataset = _paired_files(datamodule, split)
-            all_problems.append(f"split {split!r}: {err}")
-            if dataset is None:
-                table.add_column(f"{split} (not read)", justify="right")
-                columns.append(["-"] * (datamodule.num_classes + 1))
-                continue
+            dataset: SegmentationDataset | None = datamodule.dataset(split, cached=False)  # the files themselves
+        except (OSError, ValueError) as err:  # unpaired files, a missing split list: report them, check the rest
+            dataset, problems = _paired_files(datamodule, split, err)
+            all_problems += [f"split {split!r}: {problem}" for problem in problems]
+        if dataset is not None:
+            dataset, problems = _without_colour_masks(dataset, split, datamodule)
+            all_problems += problems
+        if dataset is None:
+            table.add_column(f"{split} (not read)", justify="right")
+            columns.append(["-"] * (datamodule.num_classes + 1))
+            continue
         counts, ignored, problems = class_pixel_counts(dataset, f"checking {split}")
         all_problems += problems + label_problems(split, counts, ignored, list(datamodule.class_names),
                                                   datamodule.ignore_index)
@@ -97,7 +122,7 @@ def check_data(datamodule: SegmentationDataModule, splits: list[str], console: C
         table.add_row(name, *[column[i] for column in columns])
     console.print(table)
     for problem in all_problems:
-        console.print(f"[red]problem:[/red] {problem}")
+        console.print(f"[red]problem:[/red] {escape(problem)}", soft_wrap=True)  # a command in it stays one line
     console.print(f"{len(all_problems)} problem(s) found")
     return not all_problems
 

@@ -22,6 +22,20 @@ def test_experiment_parses(path, capsys):
     assert printed["trainer"]["max_steps"] == raw["trainer"]["max_steps"]
 
 
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if "WandbLogger" in p.read_text()], ids=lambda p: p.stem)
+def test_every_experiment_groups_and_tags_its_wandb_run(path, capsys):
+    """The quickstart and own-data runs are grouped and tagged in wandb as the paper runs are: the logger the
+    parsed config builds passes a group and tags to wandb.init."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(path), "--print_config"])
+    args = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]["init_args"]
+    wandb_init = WandbLogger(**args)._wandb_init  # what the logger hands to wandb.init
+    assert isinstance(wandb_init.get("group"), str) and wandb_init["group"], path.name
+    assert isinstance(wandb_init.get("tags"), list) and wandb_init["tags"], path.name
+
+
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem != "quickstart"], ids=lambda p: p.stem)
 def test_experiment_fast_dev_run_on_toy_data(path, toy_dir, toy_settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # runs/ and checkpoints land here

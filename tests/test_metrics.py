@@ -72,3 +72,20 @@ def test_ignore_index_is_read_even_inside_the_class_range():
     metric = SegmentationMetrics(num_classes=3, ignore_index=0)
     metric.update(torch.tensor([[1, 1, 2, 0]]), torch.tensor([[0, 1, 2, 2]]))
     assert metric.confmat.tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1]]
+
+
+def test_a_class_predicted_but_absent_from_the_targets_scores_zero_and_counts():
+    """A class with no target pixel but predicted has IoU 0 and is in the mean; a class neither in the targets nor
+    predicted is NaN and left out, as torchmetrics' macro JaccardIndex averages."""
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    target = torch.tensor([[0, 0, 1, 1, 0, 1]])
+    pred = torch.tensor([[0, 2, 1, 1, 0, 0]])  # class 2 predicted once, never a target; class 3 nowhere
+    metric = SegmentationMetrics(num_classes=4)
+    metric.update(pred, target)
+    out = metric.compute()
+    assert out["iou"][2].item() == 0 and torch.isnan(out["iou"][3])
+    expected = (2 / 4 + 2 / 3 + 0) / 3  # background, class 1, class 2: class 3 left out
+    assert abs(out["mIoU"].item() - expected) < 1e-6
+    macro = MulticlassJaccardIndex(num_classes=4, average="macro")(pred, target)
+    assert abs(macro.item() - expected) < 1e-6

@@ -1,4 +1,5 @@
 """Your own images and masks in folders: fit, validate and predict through the command, with clear errors."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,124 @@ def test_check_data_names_a_class_without_pixels_and_a_mostly_ignored_split(tmp_
     report = screen.getvalue()
     assert "class 'car' (index 2) has no pixel in split 'train'" in report
     assert "73 % of the pixels of split 'train' are the ignore label 255" in report
+
+
+def _folder(root: Path, mask_name: str = "{}.png", rgb: bool = False) -> Path:
+    """Two splits of three images ``x0.jpg`` ... with masks saved as ``mask_name`` (``{}`` is the image's name):
+    class 1 in the middle, as class indices, or with ``rgb`` in the colours of ``classes.yaml``'s palette."""
+    palette = [[0, 0, 0], [128, 0, 0]]
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 40, 90, 20)).save(root / "images" / split / f"x{i}.jpg")
+            mask = np.zeros((30, 40), np.uint8)
+            mask[5:20, 10:30] = 1
+            saved = np.array(palette, np.uint8)[mask] if rgb else mask
+            Image.fromarray(saved).save(root / "masks" / split / mask_name.format(f"x{i}"))
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["background", "thing"], "palette": palette}))
+    (root / "own.yaml").write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "max_steps": 1, "logger": False, "enable_progress_bar": False,
+                    "default_root_dir": str(root / "run")},
+        "model": {"arch": "deeplabv3plus_resnet18", "model_kwargs": {"aspp_channels": 16, "decoder_channels": 16}},
+        "data": {"class_path": "deeplab_lightning.data.FolderDataModule", "init_args": {
+            "data_dir": str(root), "classes": str(root / "classes.yaml"), "crop_size": 32, "batch_size": 2,
+            "num_workers": 0}}}))
+    return root
+
+
+def _command(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """``deeplab-lightning ARGS`` as the console script runs it: its exit status and its output."""
+    import sys
+
+    from deeplab_lightning.console import console_main
+
+    monkeypatch.setattr(sys, "argv", ["deeplab-lightning", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        console_main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
+def test_jpeg_masks_are_listed_with_the_naming_rule_not_an_empty_split(tmp_path, monkeypatch, capsys):
+    """Masks saved as JPEG (x0.jpg beside the image x0.jpg) are named file by file, with the rule they break and
+    why renaming is not the fix; check-data used to stop at 'The split is empty'."""
+    root = _folder(tmp_path / "data", "{}.jpg")
+    status, out = _command(monkeypatch, capsys, "check-data", "--config", str(root / "own.yaml"))
+    assert status == 1 and "split is empty" not in out
+    problems = [line for line in out.splitlines() if line.startswith("problem: split 'train'")]
+    assert "3 image(s)" in problems[0] and "have no mask <name>.png" in problems[0] and "x0.png for x0.jpg" in problems[0]
+    assert "3 file(s)" in problems[1] and "are not PNG" in problems[1] and "x0.jpg, x1.jpg, x2.jpg" in problems[1]
+    assert "are .jpg files" in problems[2] and "save them again as PNG from their source" in problems[2]
+    assert "train (not read)" in out and "6 problem(s) found" in out
+
+
+def test_masks_named_name_mask_png_are_named_with_the_rename_that_fixes_them(tmp_path, monkeypatch, capsys):
+    """``x0_mask.png`` beside ``x0.jpg``: a fit and check-data name the files, the rule and the rename command, and
+    after running the printed command the data checks clean."""
+    import subprocess
+
+    root = _folder(tmp_path / "data", "{}_mask.png")
+    monkeypatch.chdir(tmp_path)
+    status, out = _command(monkeypatch, capsys, "fit", "--config", str(root / "own.yaml"))
+    assert status == 1 and len(out.strip().splitlines()) == 1
+    assert "have no image" in out and "x0_mask.png, x1_mask.png, x2_mask.png" in out
+    assert "are named <name>_mask.png (e.g. x0_mask.png for the image x0.jpg); a mask is <name>.png" in out
+    status, out = _command(monkeypatch, capsys, "check-data", "--config", str(root / "own.yaml"))
+    assert status == 1
+    renames = re.findall(r"rename them, e\.g\. (cd .*; done)$", out, flags=re.MULTILINE)
+    assert len(renames) == 2 and "masks/val" in renames[1]
+    for rename in renames:
+        subprocess.run(["bash", "-c", rename], check=True)
+    assert sorted(p.name for p in (root / "masks" / "train").iterdir()) == ["x0.png", "x1.png", "x2.png"]
+    status, out = _command(monkeypatch, capsys, "check-data", "--config", str(root / "own.yaml"))
+    assert status == 0 and "0 problem(s) found" in out
+
+
+def test_rgb_masks_are_one_line_per_split_with_the_conversion_that_maps_them(tmp_path, monkeypatch, capsys):
+    """Colour masks are counted in one line per split (not one per file), with the command that maps the
+    palette's colours to classes; the converted masks show the same colours and check clean."""
+    root = _folder(tmp_path / "data", rgb=True)
+    before = {p: np.array(Image.open(p)) for p in sorted((root / "masks").rglob("*.png"))}
+    status, out = _command(monkeypatch, capsys, "check-data", "--config", str(root / "own.yaml"))
+    problems = [line for line in out.splitlines() if line.startswith("problem:")]
+    assert status == 1 and len(problems) == 2, problems
+    assert "3 mask(s) of split 'train' are RGB colour images, not class indices" in problems[0]
+    assert f"{root / 'classes.yaml'} has a palette" in problems[0] and "Cannot read" not in out
+    (command,) = set(re.findall(r'python -c "([^"]+)"$', out, flags=re.MULTILINE))
+    exec(command, {})  # what `python -c` runs
+    for path, rgb in before.items():
+        converted = Image.open(path)
+        assert converted.mode == "P" and np.array_equal(np.array(converted.convert("RGB")), rgb)
+    status, out = _command(monkeypatch, capsys, "check-data", "--config", str(root / "own.yaml"))
+    assert status == 0 and "0 problem(s) found" in out
+
+    import io
+
+    from rich.console import Console
+
+    from deeplab_lightning.check_data import check_data
+
+    plain = _folder(tmp_path / "plain", rgb=True)  # classes without a palette: how to save indices or add one
+    screen = io.StringIO()
+    assert not check_data(FolderDataModule(str(plain), classes=["background", "thing"]), ["train"],
+                          Console(file=screen, width=100))
+    assert "save each as an 8-bit PNG of class indices, or add palette: [[r, g, b], ...]" in screen.getvalue()
+
+
+def test_a_colour_outside_the_palette_is_named_and_its_mask_left_unchanged(tmp_path):
+    from deeplab_lightning.data import convert_colour_masks
+
+    root = _folder(tmp_path / "data", rgb=True)
+    odd = root / "masks" / "val" / "x1.png"
+    rgb = np.array(Image.open(odd))
+    rgb[0, 0] = (224, 224, 192)  # VOC's void colour, in no class
+    Image.fromarray(rgb).save(odd)
+    saved = odd.read_bytes()
+    with pytest.raises(ValueError, match=r"1 mask\(s\) .*not in the palette .*val/x1.png \[\(224, 224, 192\)\].*"
+                                         r"ignore_colour=.*\(5 converted\)"):
+        convert_colour_masks(root)
+    assert odd.read_bytes() == saved
+    assert convert_colour_masks(root, ignore_colour=(224, 224, 192)) == 1
+    labels = np.array(Image.open(odd))
+    assert labels[0, 0] == 255 and labels[10, 20] == 1 and labels[29, 0] == 0

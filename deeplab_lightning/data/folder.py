@@ -3,6 +3,8 @@ unlabelled images to predict."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +115,8 @@ class FolderDataModule(SegmentationDataModule):
         names, palette = read_classes(classes)
         self.class_names = tuple(names)
         self.palette = tuple(palette or voc_palette())
+        self.class_file = Path(classes) if isinstance(classes, str) else None
+        self.has_palette = palette is not None  # the class file's own colours (else VOC's, for display)
         self.ignore_index = ignore_index
 
     def train_dataloader(self) -> DataLoader:
@@ -144,8 +148,8 @@ class FolderDataModule(SegmentationDataModule):
 
     def paired_samples(self, split: str) -> tuple[list[Sample], list[str]]:
         """The samples of ``split`` whose image and mask are both there, and one problem per kind of unpaired
-        file (images without a mask, masks without an image, two images sharing a mask), so that ``check-data``
-        can report them all and still check the pairs."""
+        file (:func:`unpaired_problems`, with what to rename when masks are named otherwise; two images sharing a
+        mask), so that ``check-data`` can report them all and still check the pairs."""
         image_dir, mask_dir = self.data_dir / "images" / split, self.data_dir / "masks" / split
         if not image_dir.is_dir():
             raise FileNotFoundError(f"{image_dir} does not exist. Expected this layout:\n"
@@ -153,20 +157,86 @@ class FolderDataModule(SegmentationDataModule):
         images = _image_files(image_dir)
         if not mask_dir.is_dir():
             return [Sample(i, p, None) for i, p in zip(_ids(images), images)], []
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
-        problems = []
-        missing = [p.name for p in images if p.stem not in masks]
-        if missing:
-            problems.append(f"{len(missing)} image(s) in {image_dir} have no mask <name>.png in {mask_dir}: "
-                            f"{missing[:5]}")
-        unmatched = sorted(set(masks) - {p.stem for p in images})
-        if unmatched:
-            problems.append(f"{len(unmatched)} mask(s) in {mask_dir} have no image in {image_dir}: {unmatched[:5]}")
+        files = sorted(p for p in mask_dir.iterdir() if p.is_file())
+        masks = {p.stem: p for p in files if p.suffix.lower() == ".png"}
+        problems = unpaired_problems(images, files, image_dir, mask_dir)
         shared = sorted(stem for stem, n in Counter(p.stem for p in images).items() if n > 1)
         if shared:
             problems.append(f"images in {image_dir} share a name and so one mask ({shared[:5]}); rename one")
         paired = [(i, p) for i, p in zip(_ids(images), images) if p.stem in masks and p.stem not in shared]
         return [Sample(i, p, masks[p.stem]) for i, p in paired], problems
+
+
+def unpaired_problems(images: list[Path], files: list[Path], image_dir: Path, mask_dir: Path) -> list[str]:
+    """One problem per kind of unpaired file, listing them: images without a mask ``<name>.png``, PNG masks
+    without an image, image files in ``mask_dir`` that are not PNG (only beside images without a mask), and,
+    when the unpaired masks are the missing ones under another name, what to rename (:func:`naming_hint`)."""
+    masks = {p.stem for p in files if p.suffix.lower() == ".png"}
+    stems = {p.stem for p in images}
+    missing = [p for p in images if p.stem not in masks]
+    unmatched = [p for p in files if p.suffix.lower() == ".png" and p.stem not in stems]
+    others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES - {".png"}] if missing else []
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} image(s) in {image_dir} have no mask <name>.png in {mask_dir} (a mask has "
+                        f"its image's name and the suffix .png, e.g. {missing[0].stem}.png for {missing[0].name}): "
+                        f"{_listed([p.name for p in missing])}")
+    if unmatched:
+        problems.append(f"{len(unmatched)} mask(s) in {mask_dir} have no image in {image_dir}: "
+                        f"{_listed([p.name for p in unmatched])}")
+    if others:  # harmless beside complete masks, a likely cause beside missing ones
+        problems.append(f"{len(others)} file(s) in {mask_dir} are not PNG, and masks are read only as <name>.png: "
+                        f"{_listed([p.name for p in others])}")
+    hint = naming_hint({p.stem: p for p in missing}, unmatched + others, mask_dir)
+    return problems + ([hint] if hint else [])
+
+
+def _listed(names: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` of ``names``, comma-separated, then how many more there are."""
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _affix(stem: str, names: set[str]) -> tuple[str, str] | None:
+    """The shortest (prefix, suffix) that ``stem`` adds to one of ``names`` (``x_mask`` and {x}: ('', '_mask'));
+    None when it extends none of them."""
+    found = [("", stem[i:]) for i in range(1, len(stem)) if stem[:i] in names]
+    found += [(stem[:i], "") for i in range(1, len(stem)) if stem[i:] in names]
+    return min(found, key=lambda affix: len(affix[0]) + len(affix[1]), default=None)
+
+
+def naming_hint(missing: dict[str, Path], unpaired: list[Path], mask_dir: Path) -> str | None:
+    """What to rename when the unpaired mask files are the masks of the images ``missing`` one (by stem) under
+    another name: another suffix (``x.jpg``) or a prefix or suffix added to the name (``x_mask.png``); None
+    when they are not. The most common pattern is named, with an example and, for a pure rename, the command."""
+    names = set(missing)
+    patterns: Counter = Counter()
+    examples = {}
+    for path in unpaired:
+        affix = ("", "") if path.stem in names else _affix(path.stem, names)
+        if affix is not None and (affix != ("", "") or path.suffix.lower() != ".png"):
+            pattern = (*affix, path.suffix)
+            patterns[pattern] += 1
+            examples.setdefault(pattern, path)
+    if not patterns:
+        return None
+    (prefix, suffix, ext), count = patterns.most_common(1)[0]
+    example = examples[(prefix, suffix, ext)]
+    image = missing[example.stem[len(prefix): len(example.stem) - len(suffix)]]
+    named = f"{ext} files" if not prefix + suffix else f"named {prefix}<name>{suffix}{ext}"
+    hint = (f"{count} mask(s) in {mask_dir} are {named} (e.g. {example.name} for the image {image.name}); a mask is "
+            f"<name>.png")
+    if ext.lower() in (".jpg", ".jpeg"):
+        return (f"{hint}: save them again as PNG from their source (JPEG compression changes the class indices "
+                f"near edges, so renaming or converting the {ext} files keeps the damage)")
+    if ext.lower() != ".png":
+        return (f"{hint}: save each as a PNG of class indices (e.g. Pillow: "
+                f"Image.open('{example.name}').save('{image.stem}.png'))")
+    if not re.fullmatch(r"[\w.-]+", prefix + suffix + ext):  # characters a shell glob would need quoted
+        return f"{hint}: rename each to <name>.png"
+    rename = (f'for f in *{suffix}{ext}; do mv "$f" "${{f%{suffix}{ext}}}.png"; done' if suffix
+              else f'for f in {prefix}*{ext}; do mv "$f" "${{f#{prefix}}}"; done')
+    return f"{hint}: rename them, e.g. cd {shlex.quote(str(mask_dir))} && {rename}"
 
 
 class ImageFolderDataModule(SegmentationDataModule):

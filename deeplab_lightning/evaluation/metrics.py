@@ -12,9 +12,13 @@ class SegmentationMetrics(Metric):
     torchmetrics, across processes; every score is computed once from the final matrix (never a mean of
     per-batch scores). ``update`` does no host-device synchronisation.
 
-    ``compute()`` returns ``{"mIoU", "pixel_acc", "iou", "confmat"}``: IoU_c = TP / (TP + FP + FN); classes
-    that never occur in target nor prediction have an undefined IoU (NaN) and are left out of the mean, as in
-    the PASCAL VOC devkit.
+    ``compute()`` returns ``{"mIoU", "pixel_acc", "iou", "confmat"}``: IoU_c = TP / (TP + FP + FN) per class,
+    mIoU their mean. A class absent from the split's targets but predicted somewhere has IoU 0 and counts in the
+    mean. A class neither in the targets nor predicted has IoU 0/0 = NaN and is left out of the mean (NaN-mean),
+    as cityscapesScripts (``getScoreAverage`` averages the non-NaN scores) and torchmetrics' macro
+    ``JaccardIndex`` do. The PASCAL VOC devkit (``VOCevalseg.m``) computes the same per-class TP / (TP + FP + FN)
+    but averages over every class with MATLAB's ``mean``, so such a class makes its mean NaN; on VOC 2012 val
+    every class occurs, and the two agree.
     """
 
     full_state_update = False
