@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -22,8 +23,9 @@ from .checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
 from .compat import check_private_api
 from .data.base import SegmentationDataModule
 from .errors import ConciseArgumentParser
-from .experiment import derive_run_paths, standard_callbacks
+from .experiment import derive_run_paths, standard_callbacks, test_on_validation_split
 from .training import SegmentationModule
+from .training.module import WANDB_RUN_ID
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
 from .run_folder import (ENV_RUN_DIR, claim_run_folder, latest_last_checkpoint, relocate, release_run_folder,
                          remove_if_empty, unused_path)
@@ -182,6 +184,7 @@ class DeepLabCLI(LightningCLI):
         self._configure_wandb(config.trainer)
         if self.subcommand == "fit":
             self._claim_run_folder(config)
+            self._continue_wandb_run(config)
 
     def _configure_wandb(self, trainer_config: Any) -> None:
         """wandb runs only for fit, validate and test, each with its ``job_type`` (fit, validate, test) so
@@ -192,9 +195,28 @@ class DeepLabCLI(LightningCLI):
             kept = [lg for lg in loggers if lg not in wandb and lg not in (None, False, True)]
             trainer_config.logger = kept or False
             return
+        split = test_on_validation_split(self.config[self.subcommand]) if self.subcommand == "test" else None
         for logger in wandb:
             if logger.init_args.get("job_type") is None:
                 logger.init_args["job_type"] = self.subcommand
+            if split is not None:  # as the metrics say it: test_on_<split>/mIoU
+                logger.init_args["tags"] = [*(logger.init_args.get("tags") or []), f"test_on_{split}"]
+                if logger.init_args.get("name"):
+                    logger.init_args["name"] = f"{logger.init_args['name']} (test on the {split} split)"
+
+    def _continue_wandb_run(self, config: Any) -> None:
+        """A fit that continues a run from its checkpoint logs to that run's wandb run (the id the checkpoint
+        saved), not to a second run of the same name."""
+        ckpt = config.ckpt_path
+        if ckpt in (None, "best", "hpc", "registry") or not Path(ckpt).is_file():
+            return
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+        wandb = [lg for lg in loggers if hasattr(lg, "class_path") and lg.class_path.endswith("WandbLogger")
+                 and lg.init_args.get("id") is None and lg.init_args.get("version") is None]
+        if wandb:
+            run_id = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(WANDB_RUN_ID)
+            for logger in wandb:
+                logger.init_args["id"] = run_id  # WandbLogger resumes it (resume="allow")
 
     PREFLIGHT_SPLITS = {"fit": ("train_split", "val_split"), "validate": ("val_split",), "test": ("test_split",)}
 

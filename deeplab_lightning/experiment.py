@@ -53,6 +53,17 @@ def derive_run_paths(config: Any, subcommand: str = "fit") -> None:
             args["save_dir"] = trainer.default_root_dir
 
 
+def test_on_validation_split(config: Any) -> str | None:
+    """The split name when a parsed ``test`` config tests on the data module's validation split (VOC and
+    Cityscapes have no public test labels: ``test_split`` defaults to ``val``), else None."""
+    data = config.get("data")
+    args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+    if args is None:
+        return None
+    test, val = args.get("test_split", "val"), args.get("val_split", "val")
+    return test if test is not None and test == val else None
+
+
 def standard_callbacks(trainer_config: dict[str, Any], configured: Sequence[Callback], subcommand: str,
                        loggers: Sequence[Logger]) -> list[Callback]:
     """The standard callbacks a config does not set itself (one of the same class counts as set):

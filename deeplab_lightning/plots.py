@@ -34,16 +34,20 @@ def confusion_matrix_figure(confmat: torch.Tensor | np.ndarray, class_names: Seq
     return fig
 
 
+HATCHED = {"facecolor": "white", "edgecolor": "dimgray", "hatch": "///", "linewidth": 0.8}
+
+
 def _labels(values: Sequence[float]) -> list[str]:
     return [f"{v:.1f}" if np.isfinite(v) else "" for v in values]
 
 
 def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
-                    noisy_throughput: Collection[str] = ()) -> Figure:
+                    noisy_throughput: Collection[str] = (), suspect: Collection[str] = ()) -> Figure:
     """Three panels over the runs of an ablation: mIoU (one bar per evaluation variant present in ``rows``),
     training images/s and parameters (M). ``metrics`` maps row keys to legend labels; a run whose ``status`` is not
     ``done`` is named with its status and has no bars; the images/s of the runs named in ``noisy_throughput``
-    (measured over too few steps) are drawn hatched and pale, and the panel says they are too noisy to compare."""
+    (measured over too few steps) are drawn hatched and pale, and the panel says they are too noisy to compare;
+    the mIoU bars of the runs named in ``suspect`` are hatched and their ``note`` is printed under the figure."""
     present = [k for k in metrics if any(row.get(k) is not None for row in rows)]
     y = np.arange(len(rows))
     fig = Figure(figsize=(13, 1.8 + 0.5 * len(rows)))
@@ -56,6 +60,10 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
     axes[0].set_xlabel("val mIoU (%)")
     if present:
         axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
+    for bars in axes[0].containers:  # after the legend, whose keys stay plain
+        for bar, row in zip(bars, rows):
+            if row["run"] in suspect:
+                bar.set(hatch="///", edgecolor="white", linewidth=0)
     for ax, key, label in ((axes[1], "train_img_s", "train images / s"), (axes[2], "params_M", "parameters (M)")):
         values = [row.get(key) if row.get(key) is not None else np.nan for row in rows]
         bars = ax.barh(y, values, 0.6, color="tab:gray")
@@ -63,7 +71,7 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
         if key == "train_img_s" and noisy_throughput:
             for bar, row in zip(bars, rows):
                 if row["run"] in noisy_throughput:
-                    bar.set(color="lightgray", hatch="//", edgecolor="gray")
+                    bar.set(**HATCHED)
             label += "\n(hatched: too few steps measured to compare)"
         ax.set_xlabel(label)
     for ax in axes:  # room for the bar labels
@@ -72,5 +80,9 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
                            for row in rows], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title)
-    fig.tight_layout()
+    notes = [f"{row['run']}: {row['note']}" for row in rows if row["run"] in suspect and row.get("note")]
+    if notes:  # under the panels, as many lines as runs noted
+        fig.set_figheight(fig.get_figheight() + 0.22 * (len(notes) + 1))
+        fig.text(0.01, 0.01, "\n".join(["Hatched mIoU bars:", *notes]), fontsize=8, va="bottom")
+    fig.tight_layout(rect=(0, 0.22 * (len(notes) + 1.5) / fig.get_figheight() if notes else 0, 1, 1))
     return fig

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -36,6 +37,9 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
 
     report = json.loads((out / "report.json").read_text())
     assert [r["eval_output_stride"] for r in report] == [8, 8] and "mIoU_os8" not in report[0]
+    for row in report:  # classes predicted anywhere in val, from the evaluation's confusion matrix
+        again = torch.load(row["checkpoint"], weights_only=True)
+        assert 2 <= row["predicted_classes"] <= len(again["hyper_parameters"]["class_names"])
     for column, run, stride in (("mIoU", 0, 8), ("mIoU", 1, 16), ("mIoU_os8", 1, 8)):
         assert report[run]["checkpoint"].endswith("last.ckpt")
         again = cli_main(["validate", "--config", str(out / names[run] / "run.yaml"), "--model.output_stride",
@@ -221,3 +225,45 @@ def test_earlier_runs_are_numbered_1_2_3_and_the_live_log_stays(tmp_path, monkey
         assert (folder / "earlier" / str(n) / "run.yaml").read_text() == f"config {n}"
         assert log.read_text() == (folder / "earlier" / str(n) / "ablate.log").read_text() == f"attempts up to {n}"
     assert sorted(p.name for p in (folder / "earlier").iterdir()) == ["1", "2", "3"]
+
+
+def test_the_report_marks_runs_whose_numbers_cannot_be_compared_and_hatches_them_visibly(tmp_path):
+    import numpy as np
+
+    from deeplab_lightning.ablate import write_report
+    from deeplab_lightning.ablate.report import METRICS
+    from deeplab_lightning.plots import ablation_figure
+
+    common = {"params_M": 3.0, "train_img_s": 10.0, "train_img_s_steps": 95, "predicted_classes": 4, "steps": 100}
+    rows = [{**common, "run": "one_class", "mIoU": 0.15, "predicted_classes": 1},
+            {**common, "run": "os16", "mIoU": 0.61}, {**common, "run": "os8", "mIoU": 0.61},
+            {**common, "run": "short", "mIoU": 0.40, "steps": 50, "train_img_s_steps": 45},
+            {**common, "run": "fine", "mIoU": 0.70}, {"run": "later", "status": "not started"}]
+    write_report(rows, [], tmp_path, "t")
+    notes = {row["run"]: row.get("note") for row in json.loads((tmp_path / "report.json").read_text())}
+    assert notes == {"one_class": "predicts one class everywhere",
+                     "os16": "same metrics as os8: did its setting take effect?",
+                     "os8": "same metrics as os16: did its setting take effect?",
+                     "short": "trained 50 of the others' 100 steps; train img/s over < 50 steps",
+                     "fine": None, "later": None}
+    assert "| short | - | 40.00 |" in (tmp_path / "report.md").read_text()  # status column: one run not done
+    assert list(csv.DictReader((tmp_path / "report.csv").open()))[0]["note"] == "predicts one class everywhere"
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = ablation_figure(rows, METRICS, "t", ["short"], ["one_class", "os16", "os8", "short"])
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+    def light(bar) -> float:
+        """The share of near-white pixels inside a bar."""
+        (x0, y0), (x1, y1) = bar.get_window_extent().get_points()
+        h = pixels.shape[0]
+        inside = pixels[int(h - y1) + 2:int(h - y0) - 2, int(x0) + 2:int(x1) - 2].reshape(-1, 3)
+        return float((inside.min(1) > 220).mean())
+
+    miou_bars, speed_bars = figure.axes[0].containers[0], figure.axes[1].containers[0]
+    for bar in (miou_bars[0], miou_bars[3], speed_bars[3]):  # hatched: stripes of white and of the bar's colour
+        assert 0.05 < light(bar) < 0.9, light(bar)
+    assert light(miou_bars[4]) < 0.01 and light(speed_bars[4]) < 0.01  # plain bars are solid

@@ -35,7 +35,7 @@ def test_fit_through_the_command_line_then_reload_and_test(tmp_path, toy_dir, to
         assert torch.equal(a, b), name
     validated = cli.trainer.callback_metrics["val/mIoU"].item()  # the last step's weights, on the val split
     cli = main(["test", "--config", str(config), "--ckpt_path", str(last)])
-    assert cli.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(validated, abs=1e-6)  # test = val
+    assert cli.trainer.callback_metrics["test_on_val/mIoU"].item() == pytest.approx(validated, abs=1e-6)  # test = val
 
 
 def test_every_fit_ends_with_a_validation_of_its_final_weights_and_names_its_outputs(
@@ -63,7 +63,7 @@ def test_every_fit_ends_with_a_validation_of_its_final_weights_and_names_its_out
     assert f"Test it: {command_name()} test --config {saved} --ckpt_path {best_path}" in out
     assert command_name() == "deeplab-lightning" or Path(command_name().split()[0]).is_file()
     tested = main(["test", "--config", str(saved), "--ckpt_path", str(best_path)])
-    assert tested.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(checkpoint.best_model_score.item())
+    assert tested.trainer.callback_metrics["test_on_val/mIoU"].item() == pytest.approx(checkpoint.best_model_score.item())
 
 
 def test_quickstart_config_parses(capsys):
@@ -156,10 +156,10 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     cli = main(["test", "--config", str(config), "--config", str(eval_config),
                 "--trainer.enable_progress_bar", "true", "--ckpt_path", last])
     metrics = cli.trainer.callback_metrics
-    assert cli.model.evaluation_results("test").mIoU == pytest.approx(metrics["test/mIoU"].item())
+    assert cli.model.evaluation_results("test").mIoU == pytest.approx(metrics["test_on_val/mIoU"].item())
     # Before refinement is exactly multi-scale + flip alone; the CRF changes the predictions.
-    assert metrics["test/unrefined/mIoU"].item() == pytest.approx(
-        ms_only.trainer.callback_metrics["test/mIoU"].item(), abs=1e-6)
+    assert metrics["test_on_val/unrefined/mIoU"].item() == pytest.approx(
+        ms_only.trainer.callback_metrics["test_on_val/mIoU"].item(), abs=1e-6)
     refined, unrefined = cli.model.evaluation_results("test"), cli.model.evaluation_results("test", unrefined=True)
     assert not torch.equal(refined.confmat, unrefined.confmat)
     assert cli.model.pipeline.settings == Inference()  # both callbacks' changes undone after the stage

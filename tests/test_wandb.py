@@ -3,6 +3,7 @@ fit, validate and test create runs, each with its job type."""
 import json
 
 import pytest
+import torch
 import yaml
 
 from deeplab_lightning.cli import main
@@ -36,8 +37,12 @@ def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_set
     assert list((tmp_path / "wandb").glob("offline-run-*")) == [run_dir]
     tested = main(["test", "--config", str(path), "--ckpt_path", last]).trainer.logger.experiment
     assert tested.job_type == "test"
+    # the toy test split is its validation split: the wandb run and its metrics say so
+    assert tested.name == "toy_v3plus_r18 (test on the val split)" and "test_on_val" in tested.tags
     tested.finish()
     (test_dir,) = set((tmp_path / "wandb").glob("offline-run-*")) - {run_dir}
+    assert b"test_on_val/mIoU" in next(test_dir.glob("*.wandb")).read_bytes()
+    assert b'"test/mIoU"' not in next(test_dir.glob("*.wandb")).read_bytes()
     test_iou = json.loads(next((test_dir / "files" / "media" / "table").rglob("iou_table_*.json")).read_text())
     assert {row[0] for row in test_iou["data"]} == {2}  # the tested checkpoint's step
     files = run_dir / "files"
@@ -58,3 +63,24 @@ def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_set
     for key in (b"train/loss", b"val/mIoU", b"val/iou/disk", b"lr-SGD", b"git_commit", b"deeplabv3plus_resnet18",
                 b'"max_steps":2'):
         assert key in records, key
+
+
+def test_a_resumed_fit_continues_its_wandb_run(tmp_path, toy_dir, toy_settings, monkeypatch, write_config):
+    """The checkpoint names its wandb run; a fit resumed from it logs to that run (same id), not to a second run
+    of the same name."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = write_config(tmp_path, toy_dir, toy_settings, max_steps=2)
+    config = yaml.safe_load(path.read_text())
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {
+        "project": "deeplab-lightning-test", "name": "resumed", "save_dir": str(tmp_path)}}
+    path.write_text(yaml.safe_dump(config))
+    first = main(["fit", "--config", str(path)]).trainer.logger.experiment
+    first.finish()
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["wandb_run_id"] == first.id
+    second = main(["fit", "--config", str(path), "--ckpt_path", str(last), "--trainer.max_steps", "4"])
+    assert second.trainer.global_step == 4 and second.trainer.logger.experiment.id == first.id
+    second.trainer.logger.experiment.finish()
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(first.id) for r in runs)  # two attempts of one run, synced as one

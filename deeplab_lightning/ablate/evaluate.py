@@ -72,6 +72,8 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
         "train_img_s_steps": throughput.steps if throughput else None,
         "eval_img_s": num_val / seconds,
         "mIoU": plain["final"],
+        # classes the network predicts anywhere in the split (1: a degenerate run, marked in the report)
+        "predicted_classes": int((model.evaluation_results("val").confmat.sum(0) > 0).sum()),
         "steps": cli.trainer.global_step,
         "checkpoint": ckpt,
     }

@@ -83,6 +83,7 @@ class WandbReport(L.Callback):
         ignore = pl_module.hparams.ignore_index
         labels = dict(enumerate(names)) | {ignore: "ignore"}
         step = results.step  # the step of the weights measured (a tested checkpoint's, not 0)
+        stage = pl_module.metric_prefix(stage)  # test_on_val for a test of the validation split
         iou = wandb.Table(columns=["step", "class", "IoU"],
                           data=[[step, n, float(v)] for n, v in zip(names, results.iou)])
         confmat = results.confmat

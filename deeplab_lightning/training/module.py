@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from ..data.dataset import fill_padding
@@ -29,6 +30,7 @@ from .optim import build_optimizer
 
 # Restored with the optimizer on resume, so a resumed fit may not change them.
 OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "head_lr_mult", "bias_lr_mult", "optimizer")
+WANDB_RUN_ID = "wandb_run_id"  # checkpoint key: the wandb run a resumed fit continues
 SETTING_DEFAULTS = {"bias_lr_mult": 1.0}  # settings added later: what checkpoints without them were trained with
 
 class SegmentationModule(L.LightningModule):
@@ -270,8 +272,17 @@ class SegmentationModule(L.LightningModule):
             lambda broken: strategy.reduce_boolean_decision(broken, all=False))
         record = not self.trainer.sanity_checking  # the untrained network's numbers are never results
         logged = self.evaluator.finish(stage, self.weights_step, self.pipeline.settings.crf is not None, record)
+        prefix = self.metric_prefix(stage)
         for name, value in logged.items():
-            self.log(name, value)
+            self.log(prefix + name[len(stage):], value)
+
+    def metric_prefix(self, stage: str) -> str:
+        """``test_on_<split>`` for a test of the validation split (so that no chart calls validation numbers
+        test numbers), else the stage."""
+        data = self.trainer.datamodule
+        split = getattr(data, "test_split", None)
+        return f"test_on_{split}" if stage == "test" and split is not None and split == getattr(
+            data, "val_split", None) else stage
 
     def on_validation_epoch_end(self) -> None:
         self._end_evaluation("val")
@@ -284,6 +295,9 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.guard.check_checkpoint(checkpoint, self.global_step)
         checkpoint["run_info"] = run_info()
+        wandb = [lg for lg in (self._trainer.loggers if self._trainer else []) if isinstance(lg, WandbLogger)]
+        if wandb:  # a fit resumed from this checkpoint continues this wandb run
+            checkpoint[WANDB_RUN_ID] = wandb[0].version
         checkpoint["skipped_steps"] = self.guard.skipped_steps
         palette = getattr(self._trainer and self._trainer.datamodule, "palette", None) or self.palette
         if palette:  # the data's class colours, for exported files and predictions outside a data module
