@@ -25,7 +25,7 @@ def is_colour_mask(path: Path) -> bool:
     try:
         with Image.open(path) as image:
             return image.mode in ("RGB", "RGBA")
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):  # a huge file is named where it is decoded
         return False
 
 
