@@ -5,6 +5,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state, fine in notebooks
 
 
@@ -55,12 +56,18 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
     height = 0.8 / max(len(present), 1)
     for i, key in enumerate(present):
         values = [100 * row[key] if row.get(key) is not None else np.nan for row in rows]
-        bars = axes[0].barh(y + (i - (len(present) - 1) / 2) * height, values, height, label=metrics[key])
+        errors = np.array([[v - 100 * row[f"{key}_low"], 100 * row[f"{key}_high"] - v]
+                           if row.get(f"{key}_low") is not None else [np.nan, np.nan]
+                           for v, row in zip(values, rows)]).T  # the 95 % interval of a mean over seeds
+        bars = axes[0].barh(y + (i - (len(present) - 1) / 2) * height, values, height, label=metrics[key],
+                            xerr=errors if np.isfinite(errors).any() else None, capsize=3,
+                            error_kw={"elinewidth": 1, "ecolor": "black"})
         axes[0].bar_label(bars, labels=_labels(values), fontsize=7, padding=2)
-    axes[0].set_xlabel("val mIoU (%)")
+    intervals = any(row.get(f"{key}_low") is not None for row in rows for key in present)
+    axes[0].set_xlabel("val mIoU (%)" + (", mean over seeds with its 95 % interval" if intervals else ""))
     if present:
         axes[0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
-    for bars in axes[0].containers:  # after the legend, whose keys stay plain
+    for bars in (c for c in axes[0].containers if isinstance(c, BarContainer)):  # after the legend: plain keys
         for bar, row in zip(bars, rows):
             if row["run"] in suspect:
                 bar.set(hatch="///", edgecolor="white", linewidth=0)

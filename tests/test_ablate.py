@@ -100,7 +100,7 @@ def test_dotted_keys_step_into_init_args():
 def test_shipped_ablations_write_configs_that_parse(path, tmp_path):
     ablation = load_ablation(path, tmp_path)
     assert len(ablation.runs()) >= 2
-    assert main([str(path), "--output_dir", str(tmp_path), "--dry_run"]) == 0
+    assert main([str(path), "--output_dir", str(tmp_path), "--dry_run", "--no_estimate"]) == 0
     name, overrides = ablation.runs()[0]
     config = run_config(ablation, yaml.safe_load(ablation.base.read_text()), name, overrides, tmp_path)
     assert [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"][-2:]] == ["Throughput", "RunStatus"]

@@ -56,7 +56,10 @@ from ..run_folder import RunFolderBusy, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .local import LocalQueue, gpu_groups
 from .prepare import prepare
-from .report import METRICS, MIN_THROUGHPUT_STEPS, report_columns, short_throughput_runs, write_report
+from .cost import estimate, estimate_lines
+from .evidence import row_results
+from .report import (METRICS, MIN_THROUGHPUT_STEPS, cost_line, report_columns, short_throughput_runs, write_report,
+                     write_runs)
 from .run import run_one
 from .slurm import submit, write_scripts
 from .spec import Ablation, PlannedRun, load_ablation, plan, run_config, run_name, set_dotted
@@ -72,25 +75,34 @@ def states(ablation: Ablation, runs: list[PlannedRun] | None = None) -> list[Run
 
 
 def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Write the report from the run folders as they are now; print it and every run that is not done (why,
-    and its log). Returns the report rows and the exit status: 0 when every run is done, else 1."""
+    """Write the report from the run folders as they are now: one line per row (its seeds' statistics, the
+    difference to the baseline, published numbers, cost) in ``report.*`` and one per run in ``runs.csv`` /
+    ``runs.json``; print it and every run that is not done (why, and its log). Returns the report rows and the
+    exit status: 0 when every run is done, else 1."""
     console = console or Console()
     runs = plan(ablation)
     found = states(ablation, runs)
-    rows = [{**s.row, "status": "done"} if s.status == "done" else
-            {"run": s.name, **run.grid_values, "status": s.status} for s, run in zip(found, runs)]
+    run_rows = [{**s.row, "row": run.row, "seed": run.seed, "status": "done"} if s.status == "done" else
+                {"run": s.name, "row": run.row, "seed": run.seed, **run.grid_values, "status": s.status}
+                for s, run in zip(found, runs)]
+    rows = row_results(ablation, runs, run_rows)
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
-    console.print(write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}"))
+    write_runs(run_rows, ablation.output_dir)
+    console.print(write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}",
+                               ablation.baseline))
     short = short_throughput_runs(rows)
     if short:
-        console.print(f"note: train img/s of {len(short)} run(s) is measured over fewer than {MIN_THROUGHPUT_STEPS} "
+        console.print(f"note: train img/s of {len(short)} row(s) is measured over fewer than {MIN_THROUGHPUT_STEPS} "
                       f"steps after warm-up: too short to compare speeds (raise trainer.max_steps)")
+    cost = cost_line(run_rows)
+    if cost:
+        console.print(cost, highlight=False)
     missing = [s for s in found if s.status != "done"]
     for s in missing:
         step = f" at step {s.step}/{s.max_steps}" if s.status in ("running", "interrupted") and s.max_steps else ""
         console.print(f"{s.status}: {s.name}{step}" + (f": {s.detail}" if s.detail else "")
                       + (f" (log: {s.log})" if s.log else ""), highlight=False, soft_wrap=True)
-    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}"
+    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}, runs.{{csv,json}}"
                   + (f" ({len(missing)} of {len(found)} runs not done)" if missing else ""))
     return rows, int(bool(missing))
 
@@ -147,13 +159,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", help="where runs and the report go (overrides the file's output_dir)")
     parser.add_argument("--force", action="store_true", help="retrain every run (earlier files kept in earlier/)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry_run", action="store_true", help="write and check every run's config, train nothing")
+    mode.add_argument("--dry_run", action="store_true", help="write and check every run's config and estimate the "
+                      "grid's device-hours; train nothing")
     mode.add_argument("--gpus", metavar="LIST", help="run the grid as a local queue, one run per group of "
                       "--gpus_per_run GPUs at a time, e.g. --gpus 0,1,2,3")
     mode.add_argument("--slurm", action="store_true", help="submit the grid as a SLURM job array and a report job")
     mode.add_argument("--run", metavar="NAME", help="train and evaluate the run of this name only")
     mode.add_argument("--run_index", type=int, metavar="I", help="train and evaluate run I (from 0) only")
     mode.add_argument("--report", action="store_true", help="write the report from the run folders as they are")
+    parser.add_argument("--no_estimate", action="store_true", help="with --dry_run or --slurm: no cost estimate "
+                        "(it builds and times each distinct network)")
     parser.add_argument("--gpus_per_run", type=int, metavar="K",
                         help="GPUs of each run with --gpus or --slurm (DDP inside the run when K > 1); default 1, "
                              "and with --slurm none when the runs train on the CPU (trainer.accelerator: cpu)")
@@ -169,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-HYPHENATED = ("--output-dir", "--dry-run", "--gpus-per-run", "--run-index", "--max-parallel", "--cpus-per-task",
+HYPHENATED = ("--output-dir", "--dry-run", "--no-estimate", "--gpus-per-run", "--run-index", "--max-parallel", "--cpus-per-task",
               "--no-submit")
 
 
@@ -197,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ablation.set.update(dict(assignments))
     console = Console() if sys.stdout.isatty() else Console(width=200)  # a log file's table: headers whole
     if args.dry_run:
-        return dry_run(ablation)
+        return dry_run(ablation, not args.no_estimate)
     if args.report:
         return report(ablation, console)[1]
     if args.run is not None or args.run_index is not None:
@@ -251,6 +266,9 @@ def _slurm(ablation: Ablation, args: argparse.Namespace, command: list[str], con
                       highlight=False, soft_wrap=True)
         return 0
     submit(array, report_script, [*command, "--report"], console)
+    if not args.no_estimate:
+        for line in estimate_lines(estimate(runs)):
+            console.print(line, highlight=False)
     return 0
 
 
@@ -268,9 +286,10 @@ def task_resources(configs: list[dict[str, Any]], gpus: int | None, cpus: int | 
             "mem": mem or f"{(6 + 2 * workers) * max(gpus, 1)}G"}
 
 
-def dry_run(ablation: Ablation) -> int:
-    """Write every run's config, parse it with the command line's parser (errors name the key) and build its
-    network on the meta device (errors name a model argument the architecture does not take)."""
+def dry_run(ablation: Ablation, with_estimate: bool = True) -> int:
+    """Write every run's config, parse it with the command line's parser (errors name the key), build its
+    network on the meta device (errors name a model argument the architecture does not take) and estimate the
+    grid's training device-hours (:mod:`.cost`)."""
     from ..cli import main as cli_main
     from ..models import create_model
 
@@ -299,4 +318,7 @@ def dry_run(ablation: Ablation) -> int:
     console.print(f"{len(runs)} run configs written under {ablation.output_dir} and checked:")
     for run in runs:
         console.print(f"  {run.folder / 'run.yaml'}")
+    if with_estimate:
+        for line in estimate_lines(estimate(runs)):
+            console.print(line)
     return 0

@@ -13,7 +13,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ..callbacks import DenseCRFRefinement, MultiScaleInference, ProgressBar, Throughput
 from ..training.module import SegmentationModule
-from .spec import Ablation
+from .spec import STATUS_FILE, Ablation
+from .state import read_json
 
 
 def at_output_stride(model: SegmentationModule, output_stride: int) -> SegmentationModule:
@@ -64,7 +65,9 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
         cli.trainer.logger.experiment.finish()  # the next run starts its own wandb run
     throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
     run = config_path.parent.name
+    status = read_json(config_path.parent / STATUS_FILE) or {}  # the fit's wall time over its attempts
     plain, seconds = _validate(cli, model, [], f"{run}: single scale")
+    evaluating_s = seconds
     num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
@@ -80,15 +83,23 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
     if ablation.output_stride is not None and ablation.output_stride != model.net.output_stride:
         model = at_output_stride(model, ablation.output_stride)
         label = f"{run}: output stride {ablation.output_stride}"
-        row[f"mIoU_os{ablation.output_stride}"] = _validate(cli, model, [], label)[0]["final"]
+        results, seconds = _validate(cli, model, [], label)
+        row[f"mIoU_os{ablation.output_stride}"], evaluating_s = results["final"], evaluating_s + seconds
     row["eval_output_stride"] = model.net.output_stride
     crf = [DenseCRFRefinement(stages=["validate"], **ablation.crf)] if ablation.crf is not None else []
     if crf:
-        row["mIoU_crf"] = _validate(cli, model, crf, f"{run}: dense CRF")[0]["final"]
+        results, seconds = _validate(cli, model, crf, f"{run}: dense CRF")
+        row["mIoU_crf"], evaluating_s = results["final"], evaluating_s + seconds
     if ablation.ms_flip is not None:
         ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
-        results = _validate(cli, model, ms + crf, f"{run}: multi-scale + flip" + (" + CRF" if crf else ""))[0]
-        row["mIoU_ms_flip"] = results["unrefined"] if crf else results["final"]
+        results, seconds = _validate(cli, model, ms + crf, f"{run}: multi-scale + flip" + (" + CRF" if crf else ""))
+        row["mIoU_ms_flip"], evaluating_s = results["unrefined"] if crf else results["final"], evaluating_s + seconds
         if crf:
             row["mIoU_ms_flip_crf"] = results["final"]
+    # cost: devices x wall time of the fit (every attempt) and of these evaluations (one device)
+    devices = int(status.get("devices") or cli.trainer.world_size)
+    train_s = status.get("train_s")
+    row.update(devices=devices, train_s=train_s, eval_s=evaluating_s, first_batch=status.get("first_batch"),
+               train_device_h=devices * train_s / 3600 if train_s is not None else None,
+               eval_device_h=evaluating_s / 3600)
     return row

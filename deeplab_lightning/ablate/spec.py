@@ -12,7 +12,9 @@ from typing import Any, NoReturn
 
 import yaml
 
-ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate", "checkpoints"}
+ABLATION_KEYS = {"name", "base", "output_dir", "set", "variants", "grid", "evaluate", "checkpoints", "seeds",
+                 "baseline", "published"}
+SEED_KEY = "seed_everything"  # the run's seed: weights, data order and augmentation are functions of it
 # What each run keeps on disk: best.ckpt and last.ckpt (as any fit), only last.ckpt (what ablate evaluates and
 # resumes from), or nothing once its result is written (the report holds what the ablation measured).
 CHECKPOINTS = ("all", "last", "none")
@@ -37,6 +39,9 @@ class Ablation:
     output_stride: int | None = None
     checkpoints: str = "all"
     source: Path | None = None  # the ablation file
+    seeds: list[int] = field(default_factory=list)  # each row is trained once per seed (none: the config's seed)
+    baseline: str | None = None  # the row every other row is compared with, seed by seed
+    published: dict[str, list[str]] = field(default_factory=dict)  # row -> ids of published numbers it reproduces
 
     @property
     def evaluate(self) -> dict[str, Any]:
@@ -44,17 +49,21 @@ class Ablation:
         settings = {"ms_flip": self.ms_flip, "crf": self.crf}
         return settings if self.output_stride is None else {**settings, "output_stride": self.output_stride}
 
-    def runs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(run name, overrides) for every variant and combination of the grid (``base`` without either). Raises
-        naming both runs when two would share a folder (see :func:`folder_name`)."""
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """(row name, overrides) for every variant and combination of the grid (``base`` without either): what the
+        report compares."""
         keys = list(self.grid)
         combos = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
         variants = self.variants or {"": {}}
-        runs = []
-        for variant, settings in variants.items():
-            for combo in combos:
-                name = ",".join(part for part in (str(variant), run_name(combo) if combo else "") if part) or "base"
-                runs.append((name, {**settings, **combo}))
+        return [(",".join(part for part in (str(variant), run_name(combo) if combo else "") if part) or "base",
+                 {**settings, **combo}) for variant, settings in variants.items() for combo in combos]
+
+    def runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run name, overrides) for every row and seed: ``<row>,seed=<s>`` with ``seed_everything: s`` when the
+        file lists ``seeds``, else the rows. Raises naming both runs when two would share a folder (see
+        :func:`folder_name`)."""
+        runs = [(f"{row},seed={seed}", {**overrides, SEED_KEY: seed}) for row, overrides in self.rows()
+                for seed in self.seeds] if self.seeds else self.rows()
         self._check_folders(runs)
         return runs
 
@@ -141,6 +150,12 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     output_stride = evaluate.get("output_stride")
     if output_stride is not None and output_stride not in (8, 16, 32):
         _fail(path, f"evaluate.output_stride must be 8, 16 or 32, got {output_stride!r}")
+    seeds = spec.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds) \
+            or len(set(seeds)) != len(seeds):
+        _fail(path, f"seeds must be a list of distinct whole numbers (e.g. [0, 1, 2]), got {seeds!r}")
+    if seeds and any(SEED_KEY in o for o in (settings, *variants.values(), grid)):
+        _fail(path, f"seeds and {SEED_KEY} (in set, a variant or the grid) both set the seed: keep one")
     name = spec.get("name") or path.stem
     checkpoints = spec.get("checkpoints", "all")
     if checkpoints not in CHECKPOINTS:
@@ -150,11 +165,26 @@ def load_ablation(path: str | Path, output_dir: str | Path | None = None) -> Abl
     def kwargs(value: Any) -> dict[str, Any] | None:
         return None if value in (None, False) else ({} if value is True else dict(value))
 
-    return Ablation(name=str(name), base=base,
+    published = {str(row): ids if isinstance(ids, list) else [ids]
+                 for row, ids in _mapping(path, spec, "published", "row names to published-number ids").items()}
+    ablation = Ablation(name=str(name), base=base,
                     output_dir=Path(os.path.abspath(output_dir or spec.get("output_dir") or f"runs/ablations/{name}")),
                     set=dict(settings), variants=dict(variants), grid=dict(grid),
                     ms_flip=kwargs(evaluate.get("ms_flip")), crf=kwargs(evaluate.get("crf")),
-                    output_stride=output_stride, checkpoints=checkpoints, source=path)
+                    output_stride=output_stride, checkpoints=checkpoints, source=path, seeds=seeds,
+                    baseline=spec.get("baseline"), published=published)
+    rows = [row for row, _ in ablation.rows()]
+    for key, named in (("baseline", [ablation.baseline] if ablation.baseline is not None else []),
+                       ("published", list(published))):
+        unknown = [row for row in named if row not in rows]
+        if unknown:
+            _fail(path, f"{key} names {', '.join(map(repr, unknown))}, not a row of this file; its rows: "
+                        f"{', '.join(rows)}")
+    from .published import check_ids  # the published numbers' data file
+
+    for row, ids in published.items():
+        check_ids(ids, f"Ablation file {path}: published.{row}")
+    return ablation
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
@@ -225,12 +255,14 @@ def run_config(ablation: Ablation, base: dict[str, Any], name: str, overrides: d
 
 @dataclass
 class PlannedRun:
-    """One run of an ablation: its name, folder, config (YAML text) and grid values."""
+    """One run of an ablation: its name, folder, config (YAML text), grid values, and the row and seed it is."""
 
     name: str
     folder: Path
     config: str
     grid_values: dict[str, Any]
+    row: str = ""
+    seed: int | None = None
 
 
 def plan(ablation: Ablation) -> list[PlannedRun]:
@@ -239,6 +271,9 @@ def plan(ablation: Ablation) -> list[PlannedRun]:
     runs = []
     for name, overrides in ablation.runs():
         folder = ablation.output_dir / folder_name(name)
-        config = yaml.safe_dump(run_config(ablation, base, name, overrides, folder), sort_keys=False)
-        runs.append(PlannedRun(name, folder, config, {k: v for k, v in overrides.items() if k in ablation.grid}))
+        config = run_config(ablation, base, name, overrides, folder)
+        seed = overrides.get(SEED_KEY) if ablation.seeds else None
+        row = name.rsplit(",seed=", 1)[0] if ablation.seeds else name
+        runs.append(PlannedRun(name, folder, yaml.safe_dump(config, sort_keys=False),
+                               {k: v for k, v in overrides.items() if k in ablation.grid}, row, seed))
     return runs

@@ -1,0 +1,109 @@
+"""From runs to rows: each row of an ablation aggregates the runs of its seeds into the mean, standard deviation,
+n and 95 % interval of every metric (:mod:`.statistics`), its paired difference to the baseline row, the
+published numbers it reproduces and what it cost in device-hours."""
+from __future__ import annotations
+
+from typing import Any
+
+from .published import label, published_numbers
+from .report import METRICS
+from .spec import Ablation, PlannedRun
+from .statistics import paired, summarize
+
+AVERAGED = ("train_img_s", "eval_img_s", "params_M")  # per-run measurements a row shows the mean of
+SUMMED = ("train_device_h", "eval_device_h")  # costs a row adds up over its seeds
+
+
+def row_results(ablation: Ablation, runs: list[PlannedRun], run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One report row per ablation row from the report rows of its runs (``status`` ``done`` or not): metrics
+    summarised over the done seeds, missing seeds named, the paired difference to ``ablation.baseline``, the
+    published numbers and the summed cost."""
+    by_row: dict[str, list[tuple[PlannedRun, dict[str, Any]]]] = {}
+    for run, result in zip(runs, run_rows):
+        by_row.setdefault(run.row, []).append((run, result))
+    rows = [_row(name, members) for name, members in by_row.items()]
+    if ablation.baseline is not None:
+        base = next(r for r in rows if r["run"] == ablation.baseline)
+        for row in rows:
+            if row is not base:
+                _compare(row, base, by_row[row["run"]], by_row[base["run"]])
+    for row in rows:
+        _published(row, ablation.published.get(row["run"], []))
+    return rows
+
+
+def _row(name: str, members: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Any]:
+    first_run = members[0][0]
+    done = [(run, result) for run, result in members if result.get("status", "done") == "done"]
+    row: dict[str, Any] = {"run": name, **first_run.grid_values}
+    seeded = first_run.seed is not None
+    if seeded:
+        row["seeds"] = [run.seed for run, _ in done]
+        missing = [run.seed for run, result in members if result.get("status", "done") != "done"]
+        if missing:
+            row["missing_seeds"] = missing
+    if len(done) == len(members):
+        row["status"] = "done"
+    elif not seeded:
+        row["status"] = members[0][1].get("status")
+    else:
+        row["status"] = f"{len(done)} of {len(members)} seeds done"
+    row["n"] = len(done)
+    if not done:
+        return row
+    results = [result for _, result in done]
+    for key in METRICS:
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            summary = summarize(values)
+            row[key] = summary.mean
+            row.update({f"{key}_std": summary.std, f"{key}_low": summary.low, f"{key}_high": summary.high})
+    for key in AVERAGED:
+        values = [r[key] for r in results if r.get(key) is not None]
+        row[key] = sum(values) / len(values) if values else None
+    for key in SUMMED:
+        values = [r[key] for r in results if r.get(key) is not None]
+        row[key] = sum(values) if values else None
+    row["steps"] = min(r.get("steps") or 0 for r in results)
+    row["train_img_s_steps"] = min(r.get("train_img_s_steps") or 0 for r in results)
+    classes = [r["predicted_classes"] for r in results if r.get("predicted_classes") is not None]
+    if classes:
+        row["predicted_classes"] = min(classes)
+    return row
+
+
+def _compare(row: dict[str, Any], base: dict[str, Any], members: list, base_members: list) -> None:
+    """The paired differences of ``row`` to the baseline, per metric, over their common done seeds."""
+    def by_seed(group: list, key: str) -> dict[int, float]:
+        return {(run.seed if run.seed is not None else 0): result[key] for run, result in group
+                if result.get("status", "done") == "done" and result.get(key) is not None}
+
+    for key in METRICS:
+        difference = paired(by_seed(members, key), by_seed(base_members, key))
+        if difference is None:
+            continue
+        row.update({f"{key}_delta": difference.mean, f"{key}_delta_low": difference.low,
+                    f"{key}_delta_high": difference.high, f"{key}_p": difference.p,
+                    f"{key}_paired_seeds": list(difference.seeds)})
+        if key == "mIoU":
+            row["vs_baseline"] = verdict(difference.distinguishable, difference.n)
+
+
+def verdict(distinguishable: bool | None, n: int) -> str:
+    """The plain-words reading of a paired interval."""
+    if distinguishable is None:
+        return f"no interval with {n} paired seed" + ("s" if n != 1 else "")
+    return "differs from the baseline" if distinguishable else \
+        f"not distinguishable from the baseline with {n} seeds"
+
+
+def _published(row: dict[str, Any], ids: list[str]) -> None:
+    """Each published number of ``row``, with ours - published (in percentage points) where the row has it."""
+    entries = []
+    for entry in (published_numbers()[i] for i in ids):
+        ours = row.get(entry["column"])
+        entries.append({"id": entry["id"], "label": label(entry), "column": entry["column"], "value": entry["value"],
+                        "ours_minus_published": None if ours is None else 100 * ours - entry["value"],
+                        "source": entry["source"]})
+    if entries:
+        row["published"] = entries
