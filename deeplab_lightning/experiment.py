@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from .callbacks import IoUTable, ProgressBar, Throughput, WandbReport
+from .callbacks import IoUTable, PerImageConfusion, ProgressBar, Throughput, WandbReport
 
 RUNS_ROOT = Path("runs")
 
@@ -68,8 +68,9 @@ def standard_callbacks(trainer_config: dict[str, Any], configured: Sequence[Call
                        loggers: Sequence[Logger]) -> list[Callback]:
     """The standard callbacks a config does not set itself (one of the same class counts as set):
     :class:`ProgressBar` (unless ``enable_progress_bar: false``), :class:`IoUTable`, a :class:`WandbReport`
-    with a wandb logger, for ``fit`` a step-wise :class:`LearningRateMonitor` and :class:`Throughput`
-    (``train/img_per_s``) with any logger, and a
+    with a wandb logger, for ``validate`` and ``test`` a :class:`PerImageConfusion` (per-image confusion matrices
+    and the worst images in ``<default_root_dir>/evaluations``), for ``fit`` a step-wise
+    :class:`LearningRateMonitor` and :class:`Throughput` (``train/img_per_s``) with any logger, and a
     :class:`ModelCheckpoint` keeping ``best.ckpt`` (highest ``val/mIoU``) and ``last.ckpt`` in
     ``<default_root_dir>/checkpoints`` (unless ``enable_checkpointing: false``; it saves only in ``fit``, and
     tells Lightning which callback wrote a ``--ckpt_path`` being evaluated)."""
@@ -83,6 +84,8 @@ def standard_callbacks(trainer_config: dict[str, Any], configured: Sequence[Call
         added.append(IoUTable())
     if any(isinstance(lg, WandbLogger) for lg in loggers) and missing(WandbReport):
         added.append(WandbReport())
+    if subcommand in ("validate", "test") and missing(PerImageConfusion):
+        added.append(PerImageConfusion())
     if subcommand == "fit" and loggers and missing(LearningRateMonitor):
         added.append(LearningRateMonitor(logging_interval="step"))
     if subcommand == "fit" and loggers and missing(Throughput):

@@ -7,7 +7,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from deeplab_lightning.callbacks import IoUTable, ProgressBar, WandbReport
+from deeplab_lightning.callbacks import IoUTable, PerImageConfusion, ProgressBar, WandbReport
 from deeplab_lightning.cli import main
 from deeplab_lightning.experiment import derive_run_paths, standard_callbacks
 
@@ -57,7 +57,9 @@ def test_standard_callbacks_are_added_only_where_the_config_has_none_of_their_ki
     assert kinds(standard_callbacks({}, own, "fit", [logger])) == ["IoUTable", "LearningRateMonitor", "Throughput"]
     quiet = {"enable_progress_bar": False, "enable_checkpointing": False}
     assert kinds(standard_callbacks(quiet, [], "fit", [])) == ["IoUTable"]
-    assert kinds(standard_callbacks({}, [IoUTable()], "test", [logger])) == ["ModelCheckpoint", "ProgressBar"]
+    assert kinds(standard_callbacks({}, [IoUTable()], "test", [logger])) == [
+        "ModelCheckpoint", "PerImageConfusion", "ProgressBar"]  # per-image matrices in validate and test only
+    assert kinds(standard_callbacks(quiet, [PerImageConfusion(label="mine")], "validate", [])) == ["IoUTable"]
     assert not any(isinstance(c, WandbReport) for c in fit)  # no wandb logger here
 
 

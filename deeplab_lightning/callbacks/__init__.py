@@ -9,9 +9,11 @@
 - :mod:`.reporting`: the network summary and the per-class IoU tables printed;
 - :mod:`.inference`: multi-scale + flip and dense CRF evaluation for chosen stages;
 - :mod:`.writer`: prediction PNGs and overlays;
-- :mod:`.wandb_report`: IoU table, confusion matrix and predicted masks sent to wandb.
+- :mod:`.wandb_report`: IoU table, confusion matrix and predicted masks sent to wandb;
+- :mod:`.per_image`: per-image confusion matrices of every evaluation and a gallery of its worst images.
 """
 from .inference import DenseCRFRefinement, MultiScaleInference
+from .per_image import PerImageConfusion
 from .progress import ProgressBar
 from .reporting import IoUTable, NetworkSummary, iou_table
 from .run_safety import CurrentLastCheckpoint, FinalValidation, PreemptionCheckpoint
@@ -28,6 +30,7 @@ __all__ = [
     "IoUTable",
     "MultiScaleInference",
     "NetworkSummary",
+    "PerImageConfusion",
     "LRSchedule",
     "PolyLR",
     "PreemptionCheckpoint",

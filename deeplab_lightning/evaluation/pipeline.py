@@ -106,6 +106,25 @@ class BatchScores:
         them)."""
         return [s.argmax(0) for s in self.final]
 
+    @cached_property
+    def unrefined_labels(self) -> list[torch.Tensor] | None:
+        """Predicted class indices [h_i, w_i] of each image before the dense CRF (None without it)."""
+        return None if self.unrefined is None else [s.argmax(0) for s in self.unrefined]
+
+
+class PredictedLabels(list):
+    """What ``validation_step`` and ``test_step`` return to callbacks: the predicted labels [h_i, w_i] of each image
+    of the batch (after the dense CRF when configured), and :attr:`unrefined`, those before it (None without the
+    CRF; computed only when a callback reads it)."""
+
+    def __init__(self, scores: BatchScores) -> None:
+        super().__init__(scores.labels)
+        self._scores = scores
+
+    @property
+    def unrefined(self) -> list[torch.Tensor] | None:
+        return self._scores.unrefined_labels
+
 
 def per_image(tensor: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Each image's own top-left region of a padded batch tensor [N, ..., H, W] -> [..., h_i, w_i] each."""

@@ -19,7 +19,7 @@ from torch import nn
 from ..data.dataset import fill_padding
 from ..data.sampling import derive_seed
 from ..evaluation import EvaluationPipeline, EvaluationResults, Evaluator, Inference, msc_max_fusion
-from ..evaluation.pipeline import per_image
+from ..evaluation.pipeline import PredictedLabels, per_image
 from ..models import ModelName, convert_sync_batchnorm
 from ..run_info import run_info
 from .loss import SegmentationLoss
@@ -245,20 +245,21 @@ class SegmentationModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self.guard.raise_if_training_loss_was_nonfinite()
 
-    def _evaluation_step(self, batch: dict[str, Any], stage: str) -> list[torch.Tensor]:
-        """Counts the batch in the stage's metrics; returns the predicted labels [h_i, w_i] (for callbacks)."""
+    def _evaluation_step(self, batch: dict[str, Any], stage: str) -> PredictedLabels:
+        """Counts the batch in the stage's metrics; returns the predicted labels [h_i, w_i] (for callbacks; with the
+        dense CRF, ``.unrefined`` holds those before it)."""
         scores = self.pipeline(self, batch)
         targets = per_image(batch["mask"].long(), batch["size"])
         self.evaluator.update(stage, scores, targets)
         loss = sum(self.loss(s[None], t[None]) for s, t in zip(scores.final, targets)) / len(targets)
         self.log(f"{stage}/loss", loss, batch_size=len(targets), sync_dist=True)
         self.guard.evaluation_loss(loss)
-        return scores.labels
+        return PredictedLabels(scores)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> PredictedLabels:
         return self._evaluation_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> PredictedLabels:
         return self._evaluation_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
