@@ -116,3 +116,30 @@ def test_the_v3_paper_ablations_state_their_published_numbers():
     for name, count in (("v3_r101_voc_multigrid_pooling", 5), ("v3_cascade_voc_stride_depth_multigrid", 13)):
         ablation = load_ablation(REPO / "experiments" / "ablations" / f"{name}.yaml")
         assert sorted(ablation.published) == sorted(row for row, _ in ablation.rows()) and len(ablation.published) == count
+
+
+def test_the_report_table_goes_to_one_wandb_summary_run_of_job_type_ablation(tmp_path, monkeypatch):
+    from deeplab_lightning.ablate.summary import log_summary, summary_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "quickstart.yaml"), "seeds": [0, 1],
+                                    "baseline": "base", "output_dir": str(tmp_path / "out")}))
+    import wandb
+
+    started = []
+    init = wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: started.append(init(**kwargs)) or started[-1])
+    ablation = load_ablation(path)
+    ablation.output_dir.mkdir()
+    rows = [{"run": "base", "n": 2, "mIoU": 0.61, "mIoU_low": 0.58, "mIoU_high": 0.64, "seeds": [0, 1]},
+            {"run": "other", "n": 2, "mIoU": 0.63, "mIoU_delta": 0.02, "mIoU_p": 0.04, "seeds": [0, 1]}]
+    assert log_summary(ablation, rows) == summary_id(ablation)
+    assert log_summary(ablation, rows) == summary_id(ablation)  # a later report updates the same run
+    assert [(r.job_type, r.group) for r in started] == [("ablation", "a")] * 2
+    runs = sorted((ablation.output_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(summary_id(ablation)) for r in runs)
+    table = json.loads(next((runs[0] / "files" / "media" / "table").glob("report_*.json")).read_text())
+    assert table["columns"][:5] == ["run", "n", "mIoU", "mIoU_low", "mIoU_high"]
+    assert table["data"][1][table["columns"].index("mIoU_delta")] == 0.02

@@ -64,6 +64,7 @@ from .run import run_one
 from .slurm import submit, write_scripts
 from .spec import Ablation, PlannedRun, load_ablation, plan, run_config, run_name, set_dotted
 from .state import LOCK, RunState, archive_earlier, read_state
+from .summary import log_summary
 
 __all__ = ["Ablation", "load_ablation", "run_ablation", "run_config", "run_name", "set_dotted", "main",
            "report_columns", "write_report", "train_and_evaluate", "METRICS", "report", "plan", "PlannedRun", "states"]
@@ -97,6 +98,10 @@ def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dic
     cost = cost_line(run_rows)
     if cost:
         console.print(cost, highlight=False)
+    summary = log_summary(ablation, rows, ablation.output_dir / "report.png")
+    if summary is not None:
+        console.print(f"wandb: the report table is in the summary run {summary} (job type ablation, group "
+                      f"{ablation.name})", highlight=False, soft_wrap=True)
     missing = [s for s in found if s.status != "done"]
     for s in missing:
         step = f" at step {s.step}/{s.max_steps}" if s.status in ("running", "interrupted") and s.max_steps else ""
