@@ -1,7 +1,9 @@
 """Small building blocks shared by the DeepLab heads, and the SyncBatchNorm conversion of whole networks."""
 from __future__ import annotations
 
+from timm.layers import Conv2dSame
 from timm.layers import convert_sync_batchnorm as _timm_convert_sync_batchnorm
+from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
 
 
@@ -55,3 +57,24 @@ class ConvBNReLU(nn.Sequential):
             layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
                                 bias=False)]
         super().__init__(*layers, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def use_tf_same_padding(module: nn.Module) -> nn.Module:
+    """``module`` with each strided convolution and max pool padded as TensorFlow's ``'SAME'`` pads, in place
+    (weights kept): ``(k - 1) // 2`` before and the rest after, from the input size. On odd sizes this is the
+    symmetric padding PyTorch uses; on even sizes TF pads one pixel less before (0 and 1 for a 3x3 stride-2 conv).
+    For weights trained in TF's graphs (MobileNetV2's stride-2 layers, ResNet-v1-beta's max pool).
+    Stride-1 layers with odd kernels pad symmetrically in both frameworks and are left as they are."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d) and child.stride != (1, 1) and not isinstance(child, Conv2dSame):
+            same = Conv2dSame(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                              dilation=child.dilation, groups=child.groups, bias=child.bias is not None)
+            same.weight, same.bias = child.weight, child.bias
+            setattr(module, name, same)
+        elif isinstance(child, nn.MaxPool2d) and child.stride not in (1, (1, 1)) \
+                and not isinstance(child, MaxPool2dSame):
+            setattr(module, name, MaxPool2dSame(child.kernel_size, child.stride, dilation=child.dilation,
+                                                ceil_mode=child.ceil_mode))
+        else:
+            use_tf_same_padding(child)
+    return module

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -29,45 +29,83 @@ def _resnet_deeplab(
     pretrained_backbone: bool,
     *,
     multi_grid: Sequence[int] | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
     **head_kwargs,
 ) -> nn.Module:
+    settings, kwargs = _backbone_settings(backbone_kwargs)
     backbone = ResNetBackbone(
         depth,
         output_stride=output_stride or default_output_stride,
         multi_grid=multi_grid if multi_grid is not None else default_multi_grid,
         pretrained=pretrained_backbone,
+        **kwargs,
     )
-    return cls(backbone, num_classes, **head_kwargs)
+    return cls(configure_backbone(backbone, **settings), num_classes, **head_kwargs)
 
 
-def _vgg_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrained_backbone: bool,
-                 **head_kwargs) -> nn.Module:
+def _vgg_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrained_backbone: bool, *,
+                 backbone_kwargs: dict[str, Any] | None = None, **head_kwargs) -> nn.Module:
     if output_stride not in (None, 8):
         raise ValueError(f"The atrous VGG-16 of DeepLab V1/V2 has output stride 8 only, got {output_stride}")
-    return cls(VGG16Backbone(pretrained=pretrained_backbone), num_classes, **head_kwargs)
+    settings, kwargs = _backbone_settings(backbone_kwargs)
+    return cls(configure_backbone(VGG16Backbone(pretrained=pretrained_backbone, **kwargs), **settings), num_classes,
+               **head_kwargs)
 
 
-def build_backbone(name: str, output_stride: int, pretrained: bool, multi_grid: Sequence[int] | None = None
-                   ) -> Backbone:
+# Backbone settings any backbone takes (applied by configure_backbone); the others go to its constructor.
+GENERIC_BACKBONE_SETTINGS = ("input_mean", "input_std", "bn_eps")
+
+
+def _backbone_settings(backbone_kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``model_kwargs.backbone_kwargs`` split into the generic settings and the constructor's arguments."""
+    kwargs = dict(backbone_kwargs or {})
+    return {k: kwargs.pop(k) for k in GENERIC_BACKBONE_SETTINGS if k in kwargs}, kwargs
+
+
+def configure_backbone(backbone: Backbone, *, input_mean: Sequence[float] | None = None,
+                       input_std: Sequence[float] | None = None, bn_eps: float | None = None) -> Backbone:
+    """``backbone`` with another input range (``input_mean`` / ``input_std``: RGB, for inputs in [0, 1], e.g.
+    0.5 / 0.5 for TF DeepLab's [-1, 1]) or another BatchNorm epsilon (e.g. 1e-3, TF's MobileNetV2) than its
+    own: what weights trained elsewhere need (``deeplab-lightning convert`` sets them). The network reads the
+    range when it is built, so this runs before."""
+    for name, value in (("input_mean", input_mean), ("input_std", input_std)):
+        if value is not None:
+            if len(value) != 3:
+                raise ValueError(f"model_kwargs.backbone_kwargs.{name} needs one value per RGB channel (for "
+                                 f"inputs in [0, 1]), got {value!r}")
+            setattr(backbone, name, tuple(float(v) for v in value))
+    if bn_eps is not None:
+        for m in backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eps = float(bn_eps)
+    return backbone
+
+
+def build_backbone(name: str, output_stride: int, pretrained: bool, multi_grid: Sequence[int] | None = None,
+                   **backbone_kwargs: Any) -> Backbone:
     """A backbone by name: ``resnet18`` / ``resnet50`` / ``resnet101`` (torchvision weights),
     ``xception65`` (aligned Xception-65), ``mobilenetv2``, ``mobilenet_v3_large``, or ``timm/<model>``: any
-    timm encoder that dilates (:class:`TimmBackbone`)."""
+    timm encoder that dilates (:class:`TimmBackbone`). ``backbone_kwargs``: the generic settings of
+    :func:`configure_backbone` and the backbone's own arguments (e.g. MobileNetV2's ``depth_multiplier``)."""
+    settings, kwargs = _backbone_settings(backbone_kwargs)
     if name.startswith("timm/"):
-        return TimmBackbone(name[len("timm/"):], output_stride=output_stride, pretrained=pretrained)
+        backbone = TimmBackbone(name[len("timm/"):], output_stride=output_stride, pretrained=pretrained, **kwargs)
+        return configure_backbone(backbone, **settings)
     fixed = {"xception65": Xception65Backbone, "mobilenetv2": MobileNetV2Backbone,
              "mobilenet_v3_large": MobileNetV3LargeBackbone}
     if name in fixed:
-        return fixed[name](output_stride=output_stride, pretrained=pretrained)
+        return configure_backbone(fixed[name](output_stride=output_stride, pretrained=pretrained, **kwargs),
+                                  **settings)
     if name.startswith("resnet") and name[len("resnet"):].isdigit():
-        return ResNetBackbone(int(name[len("resnet"):]), output_stride=output_stride, multi_grid=multi_grid,
-                              pretrained=pretrained)
+        return configure_backbone(ResNetBackbone(int(name[len("resnet"):]), output_stride=output_stride,
+                                                 multi_grid=multi_grid, pretrained=pretrained, **kwargs), **settings)
     raise ValueError(f"Unknown backbone {name!r}: resnet18, resnet50, resnet101, xception65, mobilenetv2, "
                      f"mobilenet_v3_large or timm/<model name> (e.g. timm/convnext_tiny)")
 
 
 def _any_backbone_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrained_backbone: bool, *,
                           backbone: str | None = None, multi_grid: Sequence[int] | None = None,
-                          **head_kwargs) -> nn.Module:
+                          backbone_kwargs: dict[str, Any] | None = None, **head_kwargs) -> nn.Module:
     if backbone is None:
         raise ValueError(f"Model {cls.__name__.lower()} needs a backbone: model_kwargs: {{backbone: "
                          f"timm/convnext_tiny}} (or resnet50, xception65 ...)")
@@ -75,8 +113,8 @@ def _any_backbone_deeplab(cls: type, num_classes: int, output_stride: int | None
         head_kwargs.setdefault("separable", True)
     if backbone == "mobilenetv2":  # the TF reference's MobileNetV2 models: ASPP of 1x1 conv + image pooling only
         head_kwargs.setdefault("atrous_rates", ())
-    return cls(build_backbone(backbone, output_stride or 16, pretrained_backbone, multi_grid), num_classes,
-               **head_kwargs)
+    return cls(build_backbone(backbone, output_stride or 16, pretrained_backbone, multi_grid,
+                              **(backbone_kwargs or {})), num_classes, **head_kwargs)
 
 
 # V1 and V2: output stride 8 (atrous VGG-16 / ResNet-101, V2 section 4.1).
@@ -123,9 +161,11 @@ def create_model(
 ) -> nn.Module:
     """Build a DeepLab variant by name; ``output_stride=None`` takes the paper's training value.
 
-    Extra keyword arguments go to the backbone (``multi_grid``) or the head (``atrous_rates``,
-    ``aspp_channels``, ``image_pooling``, ``decoder_channels``, ...). ``deeplabv3`` and ``deeplabv3plus`` take
-    any backbone by name (``backbone="timm/convnext_tiny"``, see :func:`build_backbone`).
+    Extra keyword arguments go to the backbone (``multi_grid``; ``backbone_kwargs``: a dict of the backbone's
+    own arguments and the settings of :func:`configure_backbone`, the input range and BatchNorm epsilon) or the
+    head (``atrous_rates``, ``aspp_channels``, ``image_pooling``, ``decoder_channels``, ...). ``deeplabv3``
+    and ``deeplabv3plus`` take any backbone by name (``backbone="timm/convnext_tiny"``, see
+    :func:`build_backbone`).
     ``weights="torchvision"`` gives torchvision's trained ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` /
     ``deeplabv3_mobilenet_v3_large`` (its architecture, COCO-trained on the 21 VOC classes; see
     :func:`~deeplab_lightning.models.convert.torchvision_deeplab`).

@@ -326,6 +326,14 @@ class SegmentationModule(L.LightningModule):
             if key in saved and key in self.hparams and saved[key] != self.hparams[key]:
                 raise ValueError(f"The checkpoint was trained with {key}={saved[key]!r} but the config builds "
                                  f"{key}={self.hparams[key]!r}; use the checkpoint's {key} or another checkpoint")
+        # Settings that change what the same tensors compute (input range, BatchNorm epsilon, padding): a mismatch
+        # would load and evaluate silently wrong (a converted TF or Caffe model needs its own, see convert).
+        theirs = (saved.get("model_kwargs") or {}).get("backbone_kwargs") or {}
+        ours = (self.hparams.get("model_kwargs") or {}).get("backbone_kwargs") or {}
+        if "hyper_parameters" in checkpoint and dict(theirs) != dict(ours):
+            raise ValueError(f"The checkpoint's network was built with model.model_kwargs.backbone_kwargs="
+                             f"{dict(theirs)} but the config builds {dict(ours)}; these set what the weights compute "
+                             f"(input range, BatchNorm epsilon, backbone options): use the checkpoint's")
         if self._trainer is not None and self.trainer.state.fn == "fit":  # a resumed fit restores its optimizer
             for key in OPTIMIZER_SETTINGS:
                 if key not in saved and key in SETTING_DEFAULTS:

@@ -63,14 +63,23 @@ def _network(arch: str | nn.Module, num_classes: int, output_stride: int | None,
     if crf_rnn is not None:
         net = WithCRF(net, TrainableDenseCRF(num_classes, CRFSettings(**crf_rnn)))
     if init_checkpoint is not None and loading_weights():
-        load_network_weights(net, init_checkpoint)
+        load_network_weights(net, init_checkpoint, (model_kwargs or {}).get("backbone_kwargs"))
     return net
 
 
-def load_network_weights(net: nn.Module, path: str) -> None:
+def load_network_weights(net: nn.Module, path: str, backbone_kwargs: dict[str, Any] | None = None) -> None:
     """The network weights of a checkpoint (``net.`` keys of its state dict); those of a network without the
-    trainable CRF go into the network under it (the CRF keeps its initial parameters)."""
-    state = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")["state_dict"]
+    trainable CRF go into the network under it (the CRF keeps its initial parameters). A checkpoint whose network
+    was built with other ``model_kwargs.backbone_kwargs`` (input range, BatchNorm epsilon: what the same tensors
+    compute) than ``backbone_kwargs`` is refused."""
+    checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")
+    saved = checkpoint.get("hyper_parameters")
+    theirs = ((saved or {}).get("model_kwargs") or {}).get("backbone_kwargs") or {}
+    if saved is not None and dict(theirs) != dict(backbone_kwargs or {}):
+        raise ValueError(f"model.init_checkpoint {path} was built with model.model_kwargs.backbone_kwargs="
+                         f"{dict(theirs)} but this config builds {dict(backbone_kwargs or {})}; these set what the "
+                         f"weights compute (input range, BatchNorm epsilon, backbone options): use the checkpoint's")
+    state = checkpoint["state_dict"]
     weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     has_crf = any(k.startswith("crf.") for k in weights)
     target = net.net if isinstance(net, WithCRF) and not has_crf else net

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from ..layers import use_tf_same_padding
 from .base import Backbone, FeatureInfo, check_output_stride, pretrained_weights
 
 
@@ -35,10 +36,10 @@ def dilate_depthwise(features: nn.Sequential, output_stride: int, *, strided_blo
     return strides
 
 
-def _mobilenet_features(builder, weights, what: str, pretrained: bool) -> nn.Sequential:
+def _mobilenet_features(builder, weights, what: str, pretrained: bool, **kwargs) -> nn.Sequential:
     """The ``features`` of torchvision's MobileNet ``builder``, with ImageNet ``weights`` when ``pretrained``."""
     with pretrained_weights(what, url=weights.url):
-        return builder(weights=weights if pretrained else None).features
+        return builder(weights=weights if pretrained else None, **kwargs).features
 
 
 class MobileNetV2Backbone(Backbone):
@@ -48,15 +49,31 @@ class MobileNetV2Backbone(Backbone):
     ``output_stride`` replaced by atrous depthwise convs. The decoder's low-level feature is TF's
     ``layer_4/depthwise_output``: the depthwise output of the second stride-4 block, [N, 144, H/4, W/4].
 
-    Input [N, 3, H, W] -> [low-level [N, 144, H/4, W/4], output [N, 320, H/os, W/os]].
+    Args:
+        depth_multiplier: every layer's width times this (TF ``depth_multiplier``; the model zoo has 1.0 and
+            0.5). Widths are rounded as TF's ``mobilenet_v2`` rounds them in DeepLab (to multiples of 8 at 1.0,
+            to integers otherwise: torchvision's ``round_nearest`` 8 or 1), which agrees with TF for 1.0 and 0.5;
+            for multipliers that would take a layer under TF's minimum of 8 channels the widths differ (a TF
+            checkpoint then does not load, naming the tensor). ImageNet weights exist for 1.0 only.
+        tf_same_padding: pad the stride-2 convolutions as TF's ``'SAME'`` (:func:`use_tf_same_padding`), as the
+            TF reference's graph does; differs from PyTorch's padding only on even input sizes.
+
+    Input [N, 3, H, W] -> [low-level [N, 144 * m, H/4, W/4], output [N, 320 * m, H/os, W/os]].
     """
 
-    def __init__(self, *, output_stride: int = 16, pretrained: bool = False) -> None:
+    def __init__(self, *, output_stride: int = 16, pretrained: bool = False, depth_multiplier: float = 1.0,
+                 tf_same_padding: bool = False) -> None:
         super().__init__()
         self.output_stride = check_output_stride(output_stride)
+        if pretrained and depth_multiplier != 1.0:
+            raise ValueError(f"torchvision has ImageNet weights for MobileNetV2 at depth_multiplier 1.0 only, not "
+                             f"{depth_multiplier}: set model.pretrained_backbone false")
         self.features = _mobilenet_features(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
-                                            "MobileNetV2", pretrained)[:18]
+                                            "MobileNetV2", pretrained, width_mult=depth_multiplier,
+                                            round_nearest=8 if depth_multiplier == 1.0 else 1)[:18]
         dilate_depthwise(self.features, output_stride, strided_block_keeps_rate=True)
+        if tf_same_padding:
+            use_tf_same_padding(self.features)
         tap = self.features[3].conv[1]  # depthwise conv + BN + ReLU6 of the block at index 3 (TF layer_4)
         self.feature_info = [FeatureInfo("layer_4/depthwise_output", tap.out_channels, 4),
                              FeatureInfo("layer_18", self.features[-1].out_channels, output_stride)]
