@@ -17,7 +17,7 @@ from deeplab_lightning import load
 from deeplab_lightning.models import architectures_only, create_model
 from deeplab_lightning.official import convert_checkpoint, convert_tf, read_tf_checkpoint
 from deeplab_lightning.official.mapping import MappingError
-from deeplab_lightning.official.tf_deeplab import describe, is_model_variable, tf_state_dict
+from deeplab_lightning.official.tf_deeplab import build, describe, is_model_variable, tf_state_dict
 from deeplab_lightning.official.tf_reader import CheckpointFormatError
 
 from conftest import REPO
@@ -155,3 +155,38 @@ def test_the_written_checkpoint_records_the_network_and_loads(tmp_path):
     assert (torch.from_numpy(labels).long() == expected).float().mean() > 0.999  # ties at class boundaries aside
     with pytest.raises(FileExistsError, match="mnv2.ckpt exists"):
         convert_checkpoint(LOCAL / "model.ckpt", path)
+
+
+@NEEDS_SHARED
+def test_xception_65_computes_the_official_graphs_logits():
+    """DeepLabV3+ Xception-65 at OS 16 (the zoo's xception65_coco_voc_trainaug network, every weight tensor
+    ternary): ReLU before each separable conv but inside exit_flow/block2's, rate 2 in exit_flow/block2, the
+    decoder's pre-ReLU low-level tap, separable ASPP and decoder, align_corners resizes. Measured 1.5e-4 of
+    the std. The project's Xception-65 needed no change: only the ASPP concatenation order is converted."""
+    folder = SHARED / "xception_65_ternary"
+    converted = convert_tf(folder / "model.ckpt", 16)
+    assert converted.arch == "deeplabv3plus_xception65" and converted.model_kwargs == {}
+    deviation, agreement = _parity(_network(converted), _image(SHARED), folder / "logits_os.npy")
+    assert deviation <= 1e-3 and agreement == 1.0, (deviation, agreement)
+
+
+def _synthetic(folder: Path) -> dict[str, np.ndarray]:
+    """Random tensors with the names and shapes of ``folder``'s variables.json (networks without golden logits)."""
+    rng = np.random.default_rng(0)
+    return {v["name"]: rng.standard_normal(v["shape"]).astype(np.float32)
+            for v in json.loads((folder / "variables.json").read_text())}
+
+
+@NEEDS_SHARED
+def test_the_zoo_xception_65_variables_all_convert():
+    """The real Xception-65 network's variable list (names and shapes of the 41.3 M parameters): each variable
+    goes to one tensor of the project's network and every tensor gets one."""
+    tensors = _synthetic(SHARED / "xception_65")
+    spec = describe(tensors, "xception_65")
+    net, arch, _ = build(spec, 16)
+    state = tf_state_dict(spec, net, tensors, "xception_65")
+    assert arch == "deeplabv3plus_xception65" and len(tensors) == 732
+    depthwise = tensors["xception_65/exit_flow/block2/unit_1/xception_module/separable_conv3_depthwise/"
+                        "depthwise_weights"]  # [3, 3, 1536, 1] -> [1536, 1, 3, 3]
+    assert torch.equal(state["backbone.blocks.20.stack.conv3.conv_dw.weight"][7, 0],
+                       torch.from_numpy(depthwise[:, :, 7, 0]))
