@@ -1,7 +1,7 @@
 """What a grid will cost before it trains: device-hours of training per run, from the training images/s recorded
 by a finished run of the same network and crop (in this output folder), else from a short probe measured here
-(SGD steps of the run's network, one image at a time after a warm-up step, on a crop of at most PROBE_SIDE px a
-side, scaled to the run's crop by its pixel count: convolutions cost in proportion to the pixels).
+(SGD steps of the run's network after a warm-up step, at its batch per device and crop, both cut to at most
+PROBE_PIXELS pixels a step, scaled back by the pixel count: convolutions cost in proportion to the pixels).
 
 The probe runs on this machine's device of the run's kind (a GPU when the run trains on one and one is here,
 else the CPU): on a login node without the cluster's GPUs it says so, and its numbers then bound the cost from
@@ -21,6 +21,7 @@ from .spec import PlannedRun
 from .state import RESULT, read_json
 
 PROBE_SIDE = 257  # the probe's largest crop side (16k + 1)
+PROBE_PIXELS = 2 * PROBE_SIDE ** 2  # the most pixels of one probe step (batch x crop)
 
 
 @dataclass
@@ -56,7 +57,8 @@ def _key(settings: dict[str, Any]) -> str:
 
 
 def probe_seconds_per_image(settings: dict[str, Any], num_classes: int = 21) -> tuple[float, str]:
-    """Seconds of one training image (forward, backward, SGD step) of the run's network at its crop size."""
+    """Seconds of one training image (forward, backward, SGD step) of the run's network at its crop size: the
+    median of three probe steps over their images."""
     from ..models import create_model
 
     gpu = settings["accelerator"] not in ("cpu",) and torch.cuda.is_available()
@@ -65,10 +67,11 @@ def probe_seconds_per_image(settings: dict[str, Any], num_classes: int = 21) -> 
     net = create_model(settings["arch"], num_classes, **kwargs, **settings["model_kwargs"]).to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-9)
     crop = [min(side, PROBE_SIDE) for side in settings["crop"]]
-    images = torch.randint(0, 256, (1, 3, *crop), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, num_classes, (1, *crop), device=device)
+    batch = max(1, min(settings["batch_size"] // settings["devices"], PROBE_PIXELS // (crop[0] * crop[1])))
+    images = torch.randint(0, 256, (batch, 3, *crop), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, num_classes, (batch, *crop), device=device)
     times = []
-    for _ in range(3):
+    for _ in range(4):
         start = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(net(images), labels)
         loss.backward()
@@ -77,8 +80,8 @@ def probe_seconds_per_image(settings: dict[str, Any], num_classes: int = 21) -> 
         if gpu:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    scale = settings["crop"][0] * settings["crop"][1] / (crop[0] * crop[1])
-    return min(times[1:]) * scale, f"probe on {torch.cuda.get_device_name() if gpu else 'this CPU'}"
+    scale = settings["crop"][0] * settings["crop"][1] / (crop[0] * crop[1] * batch)
+    return sorted(times[1:])[1] * scale, f"probe on {torch.cuda.get_device_name() if gpu else 'this CPU'}"
 
 
 def estimate(runs: list[PlannedRun], num_classes: int = 21) -> list[Estimate]:
