@@ -15,7 +15,7 @@ from matplotlib.patches import Patch
 IGNORE_COLOUR = (255, 255, 255)  # the void label drawn white, as in the notebook
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GalleryImage:
     """One image of the gallery as thumbnails: ``image`` [h, w, 3] uint8, ``mask`` and ``prediction`` [h, w] uint8
     class indices (``mask`` may hold the ignore index), with its id and per-image mIoU."""

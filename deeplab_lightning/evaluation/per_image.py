@@ -24,7 +24,7 @@ _EXACT = 2 ** 53  # float64 sums of integers are exact below this
 _BLOCK = 2 ** 21  # image draws per block of resamples (bounds memory; the draws do not depend on it)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PerImageMatrices:
     """One evaluation's per-image confusion matrices (see the module docstring for the fields)."""
 
@@ -195,7 +195,7 @@ def bootstrap_delta_interval(base: np.ndarray | PerImageMatrices, other: np.ndar
     return _interval(bootstrap_mious(b, resamples, seed) - bootstrap_mious(a, resamples, seed), level)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageDeltas:
     """Per-image mIoU of a baseline and of another evaluation of the same images, aligned by id (sorted)."""
 
