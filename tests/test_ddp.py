@@ -1,4 +1,6 @@
 """Two-process DDP on CPU (gloo): global batch split across processes, metrics reduced exactly."""
+import csv
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ def test_two_process_ddp_fit_matches_single_process_metric(tmp_path, write_confi
     path = write_config(tmp_path, toy, SETTINGS, max_steps=5)
     config = yaml.safe_load(path.read_text())
     config["trainer"].update(devices=2, strategy="ddp")
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": str(tmp_path / "csv")}}  # every logged metric
     config["data"]["init_args"]["batch_size"] = 4  # global: 2 per process
     path.write_text(yaml.safe_dump(config))
 
@@ -34,5 +38,16 @@ def test_two_process_ddp_fit_matches_single_process_metric(tmp_path, write_confi
 
     config["trainer"].update(devices=1, strategy="auto")
     path.write_text(yaml.safe_dump(config))
+    config["trainer"]["logger"] = False
+    path.write_text(yaml.safe_dump(config))
     single = main(["validate", "--config", str(path), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
     assert single.trainer.callback_metrics["val/mIoU"].item() == ddp_miou.item()
+    # Every split metric, boundary metrics included (trimap, Boundary IoU, boundary F1: integer counts summed
+    # over the processes), equals the single-process one; the loss is a mean of per-process means.
+    (log,) = (tmp_path / "csv").rglob("metrics.csv")
+    ddp = [row for row in csv.DictReader(log.open()) if row.get("val/mIoU")][-1]
+    expected = {k: v.item() for k, v in single.trainer.callback_metrics.items() if k.startswith("val/")}
+    assert {"val/boundary_mIoU", "val/boundary_mF1", "val/trimap_void/mIoU_2px"} <= set(expected)
+    for key, value in expected.items():
+        if key != "val/loss":
+            assert float(ddp[key]) == value or math.isnan(value) and math.isnan(float(ddp[key])), key

@@ -69,6 +69,10 @@ class SegmentationDataModule(L.LightningDataModule):
     palette: Sequence[tuple[int, int, int]] = ()
     label_map: np.ndarray | None = None  # raw label id -> train id lookup table (Cityscapes)
     ignore_index: int = IGNORE_INDEX
+    # Whether the void label marks object boundaries (a thin band along every object edge, as in VOC): then the
+    # trimap of the boundary metrics (model.boundary_metrics.trimap_band: auto) is the papers' band around void
+    # pixels, else the band around label boundaries.
+    void_marks_boundaries: bool = False
 
     def __init__(
         self,

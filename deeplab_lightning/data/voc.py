@@ -85,6 +85,7 @@ class VOCDataModule(SegmentationDataModule):
 
     class_names = VOC_CLASSES
     palette = tuple(voc_palette())
+    void_marks_boundaries = True  # VOC 2012's void: a band ~5 px wide along object edges (and difficult objects)
 
     def __init__(self, data_dir: str = "data/voc", *, sbd_dir: str | None = None, train_split: str = "train_aug",
                  eval_size: int | tuple[int, int] | Literal["auto"] | None = 513, **kwargs) -> None:

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..data.dataset import fill_padding
 from ..data.sampling import derive_seed
-from ..evaluation import EvaluationPipeline, EvaluationResults, Evaluator, Inference, msc_max_fusion
+from ..evaluation import (BoundarySettings, EvaluationPipeline, EvaluationResults, Evaluator, Inference,
+                          msc_max_fusion)
 from ..evaluation.pipeline import PredictedLabels, per_image
 from ..models import ModelName, convert_sync_batchnorm
 from ..run_info import run_info
@@ -77,6 +78,11 @@ class SegmentationModule(L.LightningModule):
         top_k_percent_pixels: the TF reference's online hard example mining: only the hardest fraction of the
             batch's pixels count (1.0, the papers': every pixel).
         class_names: names used for the per-class IoU logs (linked from the data module).
+        boundary_metrics: trimap mIoU and pixel accuracy (V1 section 5, V3+ section 4.4), Boundary IoU (Cheng et
+            al. 2021) and the boundary F1 score (Csurka et al. 2013) in every validation and test, before and after
+            the dense CRF: ``true`` (the defaults), ``false`` (off) or a dict of
+            :class:`~deeplab_lightning.evaluation.BoundarySettings` fields (``trimap_widths``, ``trimap_band``,
+            ``boundary_distance``, ``f1_tolerance`` ...). Read with ``evaluation_results(stage).boundary``.
 
     With ``seed_everything`` the random state is re-seeded from (seed, rank, step) before every training step,
     so dropout draws the same masks after a resume. Batches are :func:`~deeplab_lightning.data.dataset.
@@ -113,6 +119,7 @@ class SegmentationModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
         class_weights: Sequence[float] | None = None,
         top_k_percent_pixels: float = 1.0,
+        boundary_metrics: bool | dict[str, Any] = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["arch"] if isinstance(arch, nn.Module) else None)
@@ -132,7 +139,8 @@ class SegmentationModule(L.LightningModule):
         self.palette: list[list[int]] | None = None  # [r, g, b] per class, restored from a checkpoint that saved it
         self.num_classes = num_classes
         self.pipeline = EvaluationPipeline()  # how validation, test and predict run the network
-        self.evaluator = Evaluator(num_classes, ignore_index, self.class_names)
+        self.evaluator = Evaluator(num_classes, ignore_index, self.class_names,
+                                   BoundarySettings.from_config(boundary_metrics))
         self._checkpoint_step: int | None = None  # the step of the last checkpoint loaded
 
     # The network as training and evaluation see it.
@@ -265,6 +273,18 @@ class SegmentationModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[torch.Tensor]:
         """Predicted labels per image, [h_i, w_i] each (refined when the CRF is configured)."""
         return self.pipeline(self, batch).labels
+
+    def _begin_evaluation(self, stage: str) -> None:
+        """The trimap's seeds for this split: ``model.boundary_metrics.trimap_band``, ``auto`` resolved by the data
+        module's ``void_marks_boundaries`` (no data module: label boundaries)."""
+        data = self._trainer.datamodule if self._trainer is not None else None
+        self.evaluator.begin(stage, bool(getattr(data, "void_marks_boundaries", False)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._begin_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._begin_evaluation("test")
 
     def _end_evaluation(self, stage: str) -> None:
         strategy = self.trainer.strategy
