@@ -59,7 +59,8 @@ def test_resnet_dilation_matches_torchvisions_replace_stride_with_dilation():
 
 
 @pytest.mark.parametrize("name,kwargs", [
-    ("resnet18", {}), ("resnet18", {"multi_grid": (1, 2)}), ("mobilenetv2", {}), ("xception65", {})], ids=str)
+    ("resnet18", {}), ("resnet18", {"multi_grid": (1, 2)}), ("mobilenetv2", {}), ("xception65", {}),
+    ("resnet50_beta", {"multi_grid": (1, 2, 4), "tf_same_padding": True})], ids=str)
 def test_a_network_trained_at_one_output_stride_computes_the_same_at_a_denser_one(name, kwargs):
     """V3 trains at OS16 and evaluates at OS8 (section 4.1), and starts from ImageNet weights (OS32): with the
     same weights, the denser network's features subsampled must be the sparser network's, at every stride."""

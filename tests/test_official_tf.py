@@ -190,3 +190,32 @@ def test_the_zoo_xception_65_variables_all_convert():
                         "depthwise_weights"]  # [3, 3, 1536, 1] -> [1536, 1, 3, 3]
     assert torch.equal(state["backbone.blocks.20.stack.conv3.conv_dw.weight"][7, 0],
                        torch.from_numpy(depthwise[:, :, 7, 0]))
+
+
+@NEEDS_SHARED
+def test_the_resnet_v1_101_beta_variables_all_convert_into_its_layout():
+    """ResNet-v1-101-beta DeepLabV3+ (three-conv stem, each block's stride in its last unit, multi-grid 1/2/4,
+    separable ASPP and decoder): every one of the official graph's 602 variables (45.9 M values) goes to one
+    tensor of the project's network, and the network's feature maps at 513 have the official graph's shapes
+    (first activation, block 4, decoder tap). ../shared holds no logits for it: its numbers are not compared."""
+    folder = SHARED / "resnet_v1_101_beta"
+    tensors, meta = _synthetic(folder), json.loads((folder / "meta.json").read_text())
+    spec = describe(tensors, "resnet_v1_101_beta")
+    net, arch, kwargs = build(spec, 16)
+    state = tf_state_dict(spec, net, tensors, "resnet_v1_101_beta")
+    assert (arch, kwargs["backbone"], kwargs["multi_grid"]) == ("deeplabv3plus", "resnet101_beta", [1, 2, 4])
+    assert sum(t.numel() for k, t in state.items() if "num_batches" not in k) == meta["num_parameters"]
+    backbone = net.backbone
+    assert [u.conv2.dilation[0] for u in backbone.layer4] == [2, 4, 8]
+    assert torch.equal(state["backbone.layer1.2.conv2.weight"],  # block1's stride-2 unit
+                       torch.from_numpy(tensors["resnet_v1_101/block1/unit_3/bottleneck_v1/conv2/weights"]
+                                        .transpose(3, 2, 0, 1)))
+    shapes = {role: shape for role, (_, shape, *_) in meta["tensors"].items()}
+    backbone.to("meta")  # shapes only: nothing is computed
+    with torch.device("meta"):
+        x = torch.empty(1, 3, 513, 513)
+        first = backbone.stem[0](x)
+        low_level, features = backbone(x)
+    nhwc = lambda t: [t.shape[0], t.shape[2], t.shape[3], t.shape[1]]  # noqa: E731
+    assert nhwc(first) == shapes["first_activation"] and nhwc(features) == shapes["backbone_features"]
+    assert nhwc(low_level) == shapes["decoder_lowlevel_input"]

@@ -10,6 +10,7 @@ from torch import nn
 from .backbones.base import Backbone
 from .backbones.mobilenet import MobileNetV2Backbone, MobileNetV3LargeBackbone
 from .backbones.resnet import ResNetBackbone
+from .backbones.resnet_beta import ResNetBetaBackbone
 from .backbones.timm_encoder import TimmBackbone
 from .backbones.vgg import VGG16Backbone
 from .backbones.xception import Xception65Backbone
@@ -84,8 +85,9 @@ def configure_backbone(backbone: Backbone, *, input_mean: Sequence[float] | None
 def build_backbone(name: str, output_stride: int, pretrained: bool, multi_grid: Sequence[int] | None = None,
                    **backbone_kwargs: Any) -> Backbone:
     """A backbone by name: ``resnet18`` / ``resnet50`` / ``resnet101`` (torchvision weights),
-    ``xception65`` (aligned Xception-65), ``mobilenetv2``, ``mobilenet_v3_large``, or ``timm/<model>``: any
-    timm encoder that dilates (:class:`TimmBackbone`). ``backbone_kwargs``: the generic settings of
+    ``resnet50_beta`` / ``resnet101_beta`` (TF DeepLab's ResNet-v1-beta layout), ``xception65`` (aligned
+    Xception-65), ``mobilenetv2``, ``mobilenet_v3_large``, or ``timm/<model>``: any timm encoder that dilates
+    (:class:`TimmBackbone`). ``backbone_kwargs``: the generic settings of
     :func:`configure_backbone` and the backbone's own arguments (e.g. MobileNetV2's ``depth_multiplier``)."""
     settings, kwargs = _backbone_settings(backbone_kwargs)
     if name.startswith("timm/"):
@@ -96,11 +98,15 @@ def build_backbone(name: str, output_stride: int, pretrained: bool, multi_grid: 
     if name in fixed:
         return configure_backbone(fixed[name](output_stride=output_stride, pretrained=pretrained, **kwargs),
                                   **settings)
+    if name in ("resnet50_beta", "resnet101_beta"):
+        backbone = ResNetBetaBackbone(int(name[len("resnet"):-len("_beta")]), output_stride=output_stride,
+                                      multi_grid=multi_grid, pretrained=pretrained, **kwargs)
+        return configure_backbone(backbone, **settings)
     if name.startswith("resnet") and name[len("resnet"):].isdigit():
         return configure_backbone(ResNetBackbone(int(name[len("resnet"):]), output_stride=output_stride,
                                                  multi_grid=multi_grid, pretrained=pretrained, **kwargs), **settings)
-    raise ValueError(f"Unknown backbone {name!r}: resnet18, resnet50, resnet101, xception65, mobilenetv2, "
-                     f"mobilenet_v3_large or timm/<model name> (e.g. timm/convnext_tiny)")
+    raise ValueError(f"Unknown backbone {name!r}: resnet18, resnet50, resnet101, resnet101_beta, xception65, "
+                     f"mobilenetv2, mobilenet_v3_large or timm/<model name> (e.g. timm/convnext_tiny)")
 
 
 def _any_backbone_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrained_backbone: bool, *,

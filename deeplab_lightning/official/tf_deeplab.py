@@ -96,12 +96,13 @@ def model_settings(spec: TFDeepLab, output_stride: int) -> tuple[str, dict[str, 
         arch = "deeplabv3plus_xception65" if spec.decoder else "deeplabv3"
         if not spec.decoder:
             kwargs["backbone"] = "xception65"
-    else:
-        raise MappingError(f"{spec.variant} checkpoints are not converted yet")
+    else:  # ResNet-v1-101-beta: [-1, 1] input is the backbone's own; multi-grid is not stored: the zoo's (1, 2, 4)
+        arch = "deeplabv3plus" if spec.decoder else "deeplabv3"
+        kwargs.update(backbone="resnet101_beta", multi_grid=[1, 2, 4], backbone_kwargs={"tf_same_padding": True})
     if spec.aspp_branches not in (0, 3):
         raise MappingError(f"the {spec.variant} checkpoint has {spec.aspp_branches} atrous ASPP branches; DeepLab "
                            f"has 3 (rates 6/12/18 at output stride 16) or none")
-    if spec.aspp_branches and spec.separable_aspp != (spec.variant != "mobilenet_v2"):
+    if spec.aspp_branches and spec.separable_aspp != (spec.variant == "xception_65"):  # the registry's default
         kwargs["separable"] = spec.separable_aspp
     if not spec.image_pooling:
         kwargs["image_pooling"] = False
@@ -150,6 +151,16 @@ def _xception_scope(path: str, num_blocks: int) -> str | None:
     return f"xception_65/{unit}/xception_module/separable_conv{m.group(3)}_{kind}"
 
 
+def _resnet_beta_scope(path: str) -> str | None:
+    if m := re.fullmatch(r"backbone\.stem\.(\d)\.[01]", path):
+        return f"resnet_v1_101/conv1_{int(m.group(1)) + 1}"
+    m = re.fullmatch(r"backbone\.layer(\d)\.(\d+)\.(?:(conv|bn)(\d)|downsample\.[01])", path)
+    if not m:
+        return None
+    layer = "shortcut" if m.group(3) is None else f"conv{m.group(4)}"
+    return f"resnet_v1_101/block{m.group(1)}/unit_{int(m.group(2)) + 1}/bottleneck_v1/{layer}"
+
+
 def _separable_scope(part: str, name: str, separable: bool) -> str | None:
     """A ConvBNReLU's layer ``part`` ("0", "1", "3", "4") -> TF scope ``name`` (``_depthwise``/``_pointwise``)."""
     if not separable:
@@ -182,6 +193,8 @@ def _head_scope(path: str, net: nn.Module) -> str | None:
 def _scope_function(spec: TFDeepLab, net: nn.Module) -> Callable[[str], str | None]:
     if spec.variant == "mobilenet_v2":
         backbone = _mobilenet_scope
+    elif spec.variant == "resnet_v1_101_beta":
+        backbone = _resnet_beta_scope
     else:
         num_blocks = len(net.backbone.blocks)
         backbone = lambda path: _xception_scope(path, num_blocks)  # noqa: E731
