@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from deeplab_lightning.callbacks import DenseCRFRefinement
+from deeplab_lightning.callbacks import DenseCRFRefinement, WandbReport
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 from deeplab_lightning.evaluation import BoundaryMetrics, BoundarySettings
 from deeplab_lightning.module import SegmentationModule
@@ -82,6 +82,14 @@ def test_before_and_after_the_dense_crf_both_logged_under_the_stage_prefix(toy_d
         assert logged[f"{prefix}/boundary_mF1"].item() == pytest.approx(results.boundary.boundary_mF1)
         assert f"{prefix}/boundary_iou/disk" in logged and f"{prefix}/boundary_f1/star" in logged
     assert len(final.boundary.trimap_widths) == 8 and final.boundary.settings == BoundarySettings()
+    # wandb's trimap curve: a line before and one after the CRF per evaluation, every evaluation of the run kept
+    report = WandbReport()
+    report._trimap_media(module, "val", "val", step=10)
+    media = report._trimap_media(module, "val", "val", step=20)
+    assert [line[0] for line in report.trimap_lines["val"]] == ["step 10", "step 10 + CRF", "step 20", "step 20 + CRF"]
+    assert report.trimap_lines["val"][1][3] == final.boundary.trimap_mIoU.tolist()
+    assert report.trimap_lines["val"][0][3] == before.boundary.trimap_mIoU.tolist()
+    assert "void pixels" in media["val/trimap_curve"].spec.string_fields["title"]
 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=data, verbose=False)  # the toy test split is its val split: test_on_val/

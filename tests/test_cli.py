@@ -166,6 +166,11 @@ def test_test_with_multiscale_and_crf_reports_both_metrics(tmp_path, toy_dir, to
     out = capsys.readouterr().out
     titles = " ".join(out.split())
     assert "+ flip, before the dense CRF" in titles and "+ flip + dense CRF" in titles and "mean IoU" in out
+    # The boundary metrics: per-class Boundary IoU and F1 in the IoU tables, and the trimap before and after the
+    # CRF at each band width, the band named (the toy data's void marks object boundaries).
+    assert "Boundary IoU d = 2% of the diagonal" in titles and "Trimap, test (step" in titles
+    assert "Trimap: labelled pixels within w px (chessboard) of void pixels" in titles
+    assert refined.boundary is not None and unrefined.boundary is not None
     # A later test without the CRF has no "before refinement" numbers (not the previous test's).
     L.Trainer(logger=False, enable_progress_bar=False).test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert cli.model.evaluation_results("test", unrefined=True) is None and cli.model.evaluation_results("test")

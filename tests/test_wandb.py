@@ -47,9 +47,12 @@ def test_offline_wandb_run_directory_holds_the_report(tmp_path, toy_dir, toy_set
     assert {row[0] for row in test_iou["data"]} == {2}  # the tested checkpoint's step
     files = run_dir / "files"
     tables = {p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in (files / "media" / "table").rglob("*.json")}
-    assert {"iou_table", "confusion_counts"} <= tables, tables
+    assert {"iou_table", "confusion_counts", "trimap_table", "trimap_curve"} <= tables, tables
     iou = json.loads(next((files / "media" / "table").rglob("iou_table_*.json")).read_text())
-    assert iou["columns"] == ["step", "class", "IoU"] and [row[1] for row in iou["data"]][:2] == ["background", "disk"]
+    assert iou["columns"] == ["step", "class", "IoU", "boundary IoU", "boundary F1"]
+    assert [row[1] for row in iou["data"]][:2] == ["background", "disk"]
+    trimap = json.loads(next((files / "media" / "table").rglob("trimap_table_*.json")).read_text())
+    assert [row[:3] for row in trimap["data"]][:2] == [["step 2", "void", 2], ["step 2", "void", 4]]
     images = [p.name for p in (files / "media" / "images" / "val").glob("*.png")]
     assert any(name.startswith("confusion_matrix") for name in images)
     assert sum(name.startswith("predictions") for name in images) == 2

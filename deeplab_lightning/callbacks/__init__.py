@@ -15,7 +15,7 @@
 from .inference import DenseCRFRefinement, MultiScaleInference
 from .per_image import PerImageConfusion
 from .progress import ProgressBar
-from .reporting import IoUTable, NetworkSummary, iou_table
+from .reporting import IoUTable, NetworkSummary, iou_table, trimap_table
 from .run_safety import CurrentLastCheckpoint, FinalValidation, PreemptionCheckpoint
 from .schedule import LRSchedule, PolyLR, ScheduleCheck, poly_lr_factor, step_lr_factor
 from .status import RunStatus
@@ -45,4 +45,5 @@ __all__ = [
     "overlay",
     "poly_lr_factor",
     "step_lr_factor",
+    "trimap_table",
 ]

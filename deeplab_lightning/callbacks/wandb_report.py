@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
+from ..evaluation.boundaries import TRIMAP_SEEDS
 from ..plots import confusion_matrix_figure
 
 
@@ -28,7 +29,11 @@ def _pad_to_common_size(samples: list[tuple[Any, ...]], ignore_index: int) -> li
 class WandbReport(L.Callback):
     """After each validation and test, sends to the wandb run (no-op without a ``WandbLogger``):
 
-    - ``<stage>/iou_table``: a table of per-class IoU (and a bar chart of it), with the step of the weights;
+    - ``<stage>/iou_table``: a table of per-class IoU (and a bar chart of it), with the step of the weights, and
+      each class's Boundary IoU and boundary F1 when the boundary metrics run;
+    - ``<stage>/trimap_curve``: trimap mIoU against band width (V3+ Fig. 5a), one line per evaluation of the run
+      (and one before the dense CRF when it runs), the band's seeds in the title; ``<stage>/trimap_table`` the
+      same numbers with the pixel accuracy;
     - ``<stage>/confusion_matrix``: the row-normalised heatmap, and ``<stage>/confusion_counts`` the counts;
     - ``<stage>/predictions``: the first ``num_images`` images of the split with the predicted and the
       ground-truth masks as interactive overlays (the same images each time, to watch training progress).
@@ -40,6 +45,8 @@ class WandbReport(L.Callback):
     def __init__(self, num_images: int = 4) -> None:
         self.num_images = num_images
         self.samples: list[tuple[Any, ...]] = []
+        # per stage: (line name, band, widths, mIoU per width, pixel accuracy per width), one per evaluation
+        self.trimap_lines: dict[str, list[tuple[str, str, tuple[int, ...], list[float], list[float]]]] = {}
 
     @staticmethod
     def _logger(trainer: L.Trainer) -> WandbLogger | None:
@@ -83,9 +90,15 @@ class WandbReport(L.Callback):
         ignore = pl_module.hparams.ignore_index
         labels = dict(enumerate(names)) | {ignore: "ignore"}
         step = results.step  # the step of the weights measured (a tested checkpoint's, not 0)
-        stage = pl_module.metric_prefix(stage)  # test_on_val for a test of the validation split
-        iou = wandb.Table(columns=["step", "class", "IoU"],
-                          data=[[step, n, float(v)] for n, v in zip(names, results.iou)])
+        split, stage = stage, pl_module.metric_prefix(stage)  # test_on_val for a test of the validation split
+        boundary = results.boundary
+        if boundary is None:
+            iou = wandb.Table(columns=["step", "class", "IoU"],
+                              data=[[step, n, float(v)] for n, v in zip(names, results.iou)])
+        else:
+            iou = wandb.Table(columns=["step", "class", "IoU", "boundary IoU", "boundary F1"],
+                              data=[[step, n, float(v), float(b), float(f)] for n, v, b, f in zip(
+                                  names, results.iou, boundary.boundary_iou, boundary.boundary_f1)])
         confmat = results.confmat
         figure = confusion_matrix_figure(confmat, names, f"{stage} confusion matrix (step {step})")
         counts = wandb.Table(columns=["step", "truth", *names],
@@ -101,5 +114,30 @@ class WandbReport(L.Callback):
                     "ground_truth": {"mask_data": mask, "class_labels": labels}})
                 for sample_id, image, pred, mask in _pad_to_common_size(self.samples, ignore)],
         }
-        logger.experiment.log(media | {"trainer/global_step": step})
+        trimap = self._trimap_media(pl_module, split, stage, step)
+        logger.experiment.log(media | trimap | {"trainer/global_step": step})
         self.samples = []
+
+    def _trimap_media(self, pl_module: L.LightningModule, split: str, stage: str, step: int) -> dict[str, Any]:
+        """The trimap curve of every evaluation of ``split`` in this run so far, this one's added, under the
+        ``stage`` prefix (none without the boundary metrics)."""
+        import wandb
+
+        results = pl_module.evaluation_results(split)
+        before = pl_module.evaluation_results(split, unrefined=True)
+        if results is None or results.boundary is None:
+            return {}
+        lines = self.trimap_lines.setdefault(stage, [])
+        crf = before is not None and before.boundary is not None
+        for name, measured in ((f"step {step}", before), (f"step {step} + CRF", results)) if crf else (
+                (f"step {step}", results),):
+            b = measured.boundary
+            lines.append((name, b.trimap_band, b.trimap_widths, b.trimap_mIoU.tolist(), b.trimap_pixel_acc.tolist()))
+        band, widths = lines[-1][1], lines[-1][2]
+        same = [line for line in lines if line[1:3] == (band, widths)]  # a chart has one x axis and one band
+        table = wandb.Table(columns=["evaluation", "band", "width (px)", "mIoU", "pixel acc."], data=[
+            [name, b, w, m, a] for name, b, ws, ms, accs in lines for w, m, a in zip(ws, ms, accs)])
+        title = f"{stage} trimap mIoU vs band width (around {TRIMAP_SEEDS[band]})"
+        curve = wandb.plot.line_series(xs=list(widths), ys=[line[3] for line in same],
+                                       keys=[line[0] for line in same], title=title, xname="band width (px)")
+        return {f"{stage}/trimap_curve": curve, f"{stage}/trimap_table": table}
