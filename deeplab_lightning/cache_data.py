@@ -1,6 +1,6 @@
 """``deeplab-lightning cache``: decode a config's splits once into stores that training reads without decoding.
 
-    deeplab-lightning cache --config experiments/v3_r101_os16_cityscapes_769_90k_bs8.yaml [--splits train val]
+    deeplab-lightning cache --config experiments/v3_r101_os16_cityscapes_769_90k_bs16.yaml [--splits train val]
                             [--workers 8] [--force]
 
 Each split goes to ``data.init_args.cache_dir/<split>`` (default ``<data_dir>/decoded/<split>``), where fit,
