@@ -11,6 +11,7 @@ from scipy import stats
 
 from deeplab_lightning.ablate import load_ablation, main, plan
 from deeplab_lightning.ablate.statistics import paired, summarize
+from deeplab_lightning.evaluation.per_image import bootstrap_delta_interval, bootstrap_interval, read_per_image, split_miou
 
 from conftest import REPO
 
@@ -97,7 +98,22 @@ def test_a_grid_of_two_rows_and_two_seeds_reports_what_its_runs_measured(tmp_pat
     rows = {r["run"]: r for r in json.loads((tmp_path / "out" / "report.json").read_text())}
     assert rows["os8"]["status"] == "1 of 2 seeds done" and rows["os8"]["missing_seeds"] == [1]
     assert rows["os8"]["n"] == 1 and rows["os8"]["mIoU"] == pytest.approx(results["os8,seed=0"]["mIoU"])
-    assert rows["os8"]["mIoU_paired_seeds"] == [0] and rows["os8"]["mIoU_delta_low"] is None
+    # one run left: its interval is the bootstrap over images of its saved per-image matrices, and so is the paired
+    # difference to the baseline's run of the same seed
+    matrices = read_per_image(runs[2].folder / results["os8,seed=0"]["per_image"]["mIoU"])
+    assert split_miou(matrices) == pytest.approx(results["os8,seed=0"]["mIoU"], abs=1e-6)
+    assert rows["os8"]["mIoU_interval"] == "bootstrap over images"
+    assert (rows["os8"]["mIoU_low"], rows["os8"]["mIoU_high"]) == pytest.approx(bootstrap_interval(matrices))
+    assert rows["os8"]["mIoU_low"] <= rows["os8"]["mIoU"] <= rows["os8"]["mIoU_high"]
+    base = read_per_image(runs[0].folder / results["os16,seed=0"]["per_image"]["mIoU"])
+    assert rows["os8"]["mIoU_paired_seeds"] == [0] and rows["os8"]["mIoU_delta_interval"] == "bootstrap over images"
+    assert (rows["os8"]["mIoU_delta_low"], rows["os8"]["mIoU_delta_high"]) == pytest.approx(
+        bootstrap_delta_interval(base, matrices))
+    changes = rows["os8"]["image_changes"]
+    assert all(d > 0 for _, d in changes["improves"]) and all(d < 0 for _, d in changes["breaks"])
+    ranking = (tmp_path / "out" / "analysis" / "os8,seed=0_per_image.csv").read_text().splitlines()
+    assert ranking[0] == "rank,id,mIoU" and len(ranking) == 1 + len(matrices.ids)
+    assert (tmp_path / "out" / "analysis" / "os8,seed=0_worst.png").is_file()
 
 
 def test_seed_baseline_and_published_settings_are_checked(tmp_path):

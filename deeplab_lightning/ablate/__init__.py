@@ -56,6 +56,7 @@ from ..run_folder import RunFolderBusy, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .local import LocalQueue, gpu_groups
 from .prepare import prepare
+from .analysis import write_analysis
 from .cost import estimate, estimate_lines
 from .evidence import row_results
 from .report import (METRICS, MIN_THROUGHPUT_STEPS, cost_line, report_columns, short_throughput_runs, write_report,
@@ -89,6 +90,7 @@ def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dic
     rows = row_results(ablation, runs, run_rows)
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
     write_runs(run_rows, ablation.output_dir)
+    write_analysis(runs, run_rows, ablation.output_dir)
     console.print(write_report(rows, list(ablation.grid), ablation.output_dir, f"Ablation {ablation.name}",
                                ablation.baseline))
     short = short_throughput_runs(rows)
@@ -107,7 +109,7 @@ def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dic
         step = f" at step {s.step}/{s.max_steps}" if s.status in ("running", "interrupted") and s.max_steps else ""
         console.print(f"{s.status}: {s.name}{step}" + (f": {s.detail}" if s.detail else "")
                       + (f" (log: {s.log})" if s.log else ""), highlight=False, soft_wrap=True)
-    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}, runs.{{csv,json}}"
+    console.print(f"Report: {ablation.output_dir}/report.{{csv,md,png,json}}, runs.{{csv,json}}, analysis/"
                   + (f" ({len(missing)} of {len(found)} runs not done)" if missing else ""))
     return rows, int(bool(missing))
 

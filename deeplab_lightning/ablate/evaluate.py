@@ -4,6 +4,7 @@ file's ``evaluate`` names another one, plainly, with multi-scale + flip and with
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from ..callbacks import DenseCRFRefinement, MultiScaleInference, ProgressBar, Throughput
+from ..callbacks import DenseCRFRefinement, MultiScaleInference, PerImageConfusion, ProgressBar, Throughput
 from ..training.module import SegmentationModule
 from .spec import STATUS_FILE, Ablation
 from .state import read_json
@@ -34,20 +35,33 @@ def at_output_stride(model: SegmentationModule, output_stride: int) -> Segmentat
     return rebuilt
 
 
-def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback],
-              label: str) -> tuple[dict[str, float], float]:
-    """Validate ``model`` with ``callbacks`` (progress shown as ``label``); returns ({"final" and, with the CRF,
-    "unrefined": mIoU}, seconds)."""
+@dataclass
+class Evaluated:
+    """One evaluation of a run: mIoU ("final" and, with the CRF, "unrefined"), seconds, and the per-image
+    confusion-matrix files it saved ("final", "unrefined", "gallery": paths relative to the run folder)."""
+
+    miou: dict[str, float]
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback], label: str, run_dir: Path,
+              name: str) -> Evaluated:
+    """Validate ``model`` with ``callbacks`` (progress shown as ``label``), saving its per-image confusion
+    matrices as ``<run_dir>/evaluations/<name>.npz`` (numbered when taken)."""
     on_gpu = cli.trainer.strategy.root_device.type == "cuda"
+    per_image = PerImageConfusion(folder=str(run_dir / "evaluations"), label=name, stages=("validate",))
     trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=cli.trainer.precision,
-                        logger=False, callbacks=[*callbacks, ProgressBar(leave=False, label=label)],
+                        logger=False, callbacks=[*callbacks, per_image, ProgressBar(leave=False, label=label)],
                         enable_model_summary=False)
     start = time.perf_counter()
     trainer.validate(model, datamodule=cli.datamodule, verbose=False)
     seconds = time.perf_counter() - start
     results = {"final": model.evaluation_results("val"),
                "unrefined": model.evaluation_results("val", unrefined=True)}
-    return {kind: r.mIoU for kind, r in results.items() if r is not None}, seconds
+    files = {kind: str(Path(path).relative_to(run_dir)) for kind, path in
+             (per_image.written[-1] if per_image.written else {}).items()}
+    return Evaluated({kind: r.mIoU for kind, r in results.items() if r is not None}, seconds, files)
 
 
 def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | None = None) -> dict[str, Any]:
@@ -64,38 +78,47 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
     if isinstance(cli.trainer.logger, WandbLogger):
         cli.trainer.logger.experiment.finish()  # the next run starts its own wandb run
     throughput = next((c for c in cli.trainer.callbacks if isinstance(c, Throughput)), None)
-    run = config_path.parent.name
-    status = read_json(config_path.parent / STATUS_FILE) or {}  # the fit's wall time over its attempts
-    plain, seconds = _validate(cli, model, [], f"{run}: single scale")
-    evaluating_s = seconds
+    run_dir = config_path.parent
+    run = run_dir.name
+    status = read_json(run_dir / STATUS_FILE) or {}  # the fit's wall time over its attempts
+    plain = _validate(cli, model, [], f"{run}: single scale", run_dir, "single_scale")
+    evaluations = [plain]
     num_val = len(cli.datamodule.dataset(cli.datamodule.val_split))
     row: dict[str, Any] = {
         "params_M": sum(p.numel() for p in cli.model.net.parameters()) / 1e6,
         "train_img_s": throughput.img_per_s if throughput else None,
         "train_img_s_steps": throughput.steps if throughput else None,
-        "eval_img_s": num_val / seconds,
-        "mIoU": plain["final"],
+        "eval_img_s": num_val / plain.seconds,
+        "mIoU": plain.miou["final"],
         # classes the network predicts anywhere in the split (1: a degenerate run, marked in the report)
         "predicted_classes": int((model.evaluation_results("val").confmat.sum(0) > 0).sum()),
         "steps": cli.trainer.global_step,
         "checkpoint": ckpt,
     }
+    per_image = {"mIoU": plain.files.get("final")}
     if ablation.output_stride is not None and ablation.output_stride != model.net.output_stride:
         model = at_output_stride(model, ablation.output_stride)
-        label = f"{run}: output stride {ablation.output_stride}"
-        results, seconds = _validate(cli, model, [], label)
-        row[f"mIoU_os{ablation.output_stride}"], evaluating_s = results["final"], evaluating_s + seconds
+        key = f"mIoU_os{ablation.output_stride}"
+        evaluations.append(_validate(cli, model, [], f"{run}: output stride {ablation.output_stride}", run_dir,
+                                     f"os{ablation.output_stride}"))
+        row[key], per_image[key] = evaluations[-1].miou["final"], evaluations[-1].files.get("final")
     row["eval_output_stride"] = model.net.output_stride
     crf = [DenseCRFRefinement(stages=["validate"], **ablation.crf)] if ablation.crf is not None else []
     if crf:
-        results, seconds = _validate(cli, model, crf, f"{run}: dense CRF")
-        row["mIoU_crf"], evaluating_s = results["final"], evaluating_s + seconds
+        evaluations.append(_validate(cli, model, crf, f"{run}: dense CRF", run_dir, "crf"))
+        row["mIoU_crf"], per_image["mIoU_crf"] = evaluations[-1].miou["final"], evaluations[-1].files.get("final")
     if ablation.ms_flip is not None:
         ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
-        results, seconds = _validate(cli, model, ms + crf, f"{run}: multi-scale + flip" + (" + CRF" if crf else ""))
-        row["mIoU_ms_flip"], evaluating_s = results["unrefined"] if crf else results["final"], evaluating_s + seconds
+        evaluations.append(_validate(cli, model, ms + crf, f"{run}: multi-scale + flip" + (" + CRF" if crf else ""),
+                                     run_dir, "ms_flip_crf" if crf else "ms_flip"))
+        kind = "unrefined" if crf else "final"
+        row["mIoU_ms_flip"], per_image["mIoU_ms_flip"] = evaluations[-1].miou[kind], evaluations[-1].files.get(kind)
         if crf:
-            row["mIoU_ms_flip_crf"] = results["final"]
+            row["mIoU_ms_flip_crf"] = evaluations[-1].miou["final"]
+            per_image["mIoU_ms_flip_crf"] = evaluations[-1].files.get("final")
+    row["per_image"] = {key: path for key, path in per_image.items() if path is not None}
+    row["worst_images"] = plain.files.get("gallery")
+    evaluating_s = sum(e.seconds for e in evaluations)
     # cost: devices x wall time of the fit (every attempt) and of these evaluations (one device)
     devices = int(status.get("devices") or cli.trainer.world_size)
     train_s = status.get("train_s")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..evaluation.per_image import (PerImageMatrices, bootstrap_delta_interval, bootstrap_interval, image_deltas,
+                                    read_per_image)
 from .published import label, published_numbers
 from .report import METRICS
 from .spec import Ablation, PlannedRun
@@ -12,6 +14,7 @@ from .statistics import paired, summarize
 
 AVERAGED = ("train_img_s", "eval_img_s", "params_M")  # per-run measurements a row shows the mean of
 SUMMED = ("train_device_h", "eval_device_h")  # costs a row adds up over its seeds
+T_INTERVAL, BOOTSTRAP = "t over seeds", "bootstrap over images"  # how an interval was obtained
 
 
 def row_results(ablation: Ablation, runs: list[PlannedRun], run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,7 +60,13 @@ def _row(name: str, members: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[st
         if values:
             summary = summarize(values)
             row[key] = summary.mean
-            row.update({f"{key}_std": summary.std, f"{key}_low": summary.low, f"{key}_high": summary.high})
+            row.update({f"{key}_std": summary.std, f"{key}_low": summary.low, f"{key}_high": summary.high,
+                        f"{key}_interval": T_INTERVAL if summary.n > 1 else None})
+            if summary.n == 1:  # one run: how much the score depends on which images the split holds
+                matrices = _per_image(*done[0], key)
+                if matrices is not None:
+                    row[f"{key}_low"], row[f"{key}_high"] = bootstrap_interval(matrices)
+                    row[f"{key}_interval"] = BOOTSTRAP
     for key in AVERAGED:
         values = [r[key] for r in results if r.get(key) is not None]
         row[key] = sum(values) / len(values) if values else None
@@ -84,17 +93,51 @@ def _compare(row: dict[str, Any], base: dict[str, Any], members: list, base_memb
             continue
         row.update({f"{key}_delta": difference.mean, f"{key}_delta_low": difference.low,
                     f"{key}_delta_high": difference.high, f"{key}_p": difference.p,
-                    f"{key}_paired_seeds": list(difference.seeds)})
+                    f"{key}_paired_seeds": list(difference.seeds),
+                    f"{key}_delta_interval": T_INTERVAL if difference.n > 1 else None})
+        distinguishable, how = difference.distinguishable, f"{difference.n} seeds"
+        if difference.n == 1:  # one seed each: the paired bootstrap over the images both evaluated
+            seed = difference.seeds[0]
+            ours = next(((r, x) for r, x in members if (r.seed or 0) == seed), None)
+            theirs = next(((r, x) for r, x in base_members if (r.seed or 0) == seed), None)
+            a, b = (_per_image(*ours, key) if ours else None), (_per_image(*theirs, key) if theirs else None)
+            if a is not None and b is not None and set(a.ids.tolist()) == set(b.ids.tolist()):
+                low, high = bootstrap_delta_interval(b, a)
+                row.update({f"{key}_delta_low": low, f"{key}_delta_high": high, f"{key}_delta_interval": BOOTSTRAP})
+                distinguishable, how = not (low <= 0.0 <= high), "one seed (bootstrap over images)"
+                if key == "mIoU":
+                    row["image_changes"] = image_changes(b, a)
         if key == "mIoU":
-            row["vs_baseline"] = verdict(difference.distinguishable, difference.n)
+            row["vs_baseline"] = verdict(distinguishable, how)
 
 
-def verdict(distinguishable: bool | None, n: int) -> str:
-    """The plain-words reading of a paired interval."""
+def verdict(distinguishable: bool | None, how: str) -> str:
+    """The plain-words reading of a paired interval obtained ``how`` ("3 seeds", ...)."""
     if distinguishable is None:
-        return f"no interval with {n} paired seed" + ("s" if n != 1 else "")
-    return "differs from the baseline" if distinguishable else \
-        f"not distinguishable from the baseline with {n} seeds"
+        return f"no interval with {how}"
+    return f"differs from the baseline ({how})" if distinguishable else \
+        f"not distinguishable from the baseline with {how}"
+
+
+def _per_image(run: PlannedRun, result: dict[str, Any], key: str) -> PerImageMatrices | None:
+    """The per-image confusion matrices behind ``result[key]``, or None when the run saved none (or they are
+    unreadable: the row then has no bootstrap interval)."""
+    relative = (result.get("per_image") or {}).get(key)
+    if relative is None:
+        return None
+    try:
+        return read_per_image(run.folder / relative)
+    except (OSError, ValueError):
+        return None
+
+
+def image_changes(base: PerImageMatrices, other: PerImageMatrices, count: int = 5) -> dict[str, list]:
+    """The images a row improves and breaks most relative to the baseline: ``count`` (id, per-image mIoU change
+    in points) each, largest first."""
+    deltas = image_deltas(base, other)
+    pairs = [(str(i), 100 * float(d)) for i, d in zip(deltas.ids, deltas.delta) if d == d]
+    return {"improves": sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])[:count],
+            "breaks": sorted((p for p in pairs if p[1] < 0), key=lambda p: p[1])[:count]}
 
 
 def _published(row: dict[str, Any], ids: list[str]) -> None:

@@ -135,8 +135,13 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     lines = [f"# {title}", "", "| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k, _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows]
-    if any(r.get(f"{k}_low") is not None for r in rows for k in METRICS):
+    intervals = {r.get(f"{k}_interval") for r in rows for k in METRICS}
+    if "t over seeds" in intervals:
         lines += ["", "mIoU: mean over the row's seeds [95 % interval of the mean, Student t]."]
+    if "bootstrap over images" in intervals:
+        lines += ["", "mIoU of a row with one run: [95 % percentile bootstrap interval over images (2000 resamples of "
+                      "whole images, from the run's per-image confusion matrices)]: how much the score depends on "
+                      "which images the split holds, not on training noise."]
     if baseline is not None:
         lines += ["", f"Δ mIoU vs {baseline}: the paired difference over the seeds both rows ran [95 % interval] and "
                       f"the two-sided paired t-test's p; an interval that contains 0 is not distinguishable from the "
@@ -148,6 +153,12 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     cost = cost_line(rows)
     if cost:
         lines += ["", cost + "."]
+    changes = [(row["run"], row["image_changes"]) for row in rows if row.get("image_changes")]
+    if changes:
+        lines += ["", f"Images each row changes most relative to {baseline} (per-image mIoU, points):", ""]
+        lines += [f"- {run}: improves " + (", ".join(f"{i} ({d:+.1f})" for i, d in change["improves"]) or "none")
+                  + "; breaks " + (", ".join(f"{i} ({d:+.1f})" for i, d in change["breaks"]) or "none")
+                  for run, change in changes]
     write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
     write_text_atomic(out_dir / "report.json", json.dumps(rows, indent=2, default=str))
     png = out_dir / f".report.{os.getpid()}.png"

@@ -21,7 +21,8 @@ CHECKPOINTS = ("all", "last", "none")
 STATUS_FILE = "status.json"  # step and ETA of the run's fit (callbacks.RunStatus)
 # A run folder's name: the run's name with every other character replaced by "_" (no shell quoting needed).
 UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
-RESERVED = {"", ".", "..", "slurm", *(f"report.{ext}" for ext in ("csv", "md", "png", "json"))}  # not run folders
+RESERVED = {"", ".", "..", "slurm", "analysis", "wandb", *(f"report.{ext}" for ext in ("csv", "md", "png", "json")),
+            "runs.csv", "runs.json"}  # the output folder's own entries: no run folder may take their names
 
 
 @dataclass
