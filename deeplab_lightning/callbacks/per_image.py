@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ class PerImageConfusion(L.Callback):
             parts = [local]
         ids = [i for part in parts for i in part["ids"]]
         if len(set(ids)) != len(ids):
-            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
             raise ValueError(f"The {stage} split's images {', '.join(repeated[:5])} were evaluated more than once "
                              f"across processes: the evaluation loader repeats images (use the data module's "
                              f"evaluation sampler, deeplab_lightning.data.EvalSampler), so its metrics count them "
