@@ -145,7 +145,7 @@ def test_the_written_checkpoint_records_the_network_and_loads(tmp_path):
     assert hparams["arch"] == "deeplabv3_mobilenetv2" and hparams["num_classes"] == 21
     assert hparams["output_stride"] == 8 and hparams["class_names"][15] == "person"
     assert hparams["model_kwargs"]["backbone_kwargs"] == {
-        "input_mean": [0.5] * 3, "input_std": [0.5] * 3, "bn_eps": 1e-3, "depth_multiplier": 0.5,
+        "pixel_mean": [127.5] * 3, "pixel_std": [127.5] * 3, "bn_eps": 1e-3, "depth_multiplier": 0.5,
         "tf_same_padding": True}
     assert record["model_variant"] == "mobilenet_v2" and record["input_range"].startswith("RGB x / 127.5 - 1")
     predictor = load(str(path))

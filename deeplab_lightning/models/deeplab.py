@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +50,23 @@ class DeepLab(nn.Module):
     default, kept by :func:`~deeplab_lightning.models.from_torchvision`) misplaces them by up to about half
     the stride (measured by :func:`~deeplab_lightning.models.analysis.upsampling_misplacement`).
     The network declares the optimizer's parameter groups (:meth:`parameter_groups`).
+
+    ``upsampling="zoom"`` upsamples as the released Caffe models do (their ``Interp`` layer, ``zoom_factor`` 8):
+    by exactly the output stride, corners aligned ((h - 1) * stride + 1 rows), then cropped to the input size or
+    padded by repeating the last row and column. It equals the default on inputs of ``k * output_stride + 1``
+    pixels whose features number ``k + 1`` (V1's VGG at 513); MSRA's Caffe ResNet gives 64 features at 513, which
+    the Caffe model placed every 8 pixels (505 rows) where the default would stretch them over 513.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, *, align_corners: bool = True) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, *, align_corners: bool = True,
+                 upsampling: Literal["input_size", "zoom"] = "input_size") -> None:
         super().__init__()
+        if upsampling not in ("input_size", "zoom") or (upsampling == "zoom" and not align_corners):
+            raise ValueError(f"upsampling must be 'input_size' or 'zoom' (with align_corners), got {upsampling!r}")
         self.backbone = backbone
         self.num_classes = num_classes
         self.align_corners = align_corners
+        self.upsampling = upsampling
         # Not in the state dict: derived from the backbone, so checkpoints do not depend on it.
         self.register_buffer("pixel_mean", 255 * torch.tensor(backbone.input_mean).view(1, 3, 1, 1),
                              persistent=False)
@@ -86,8 +97,21 @@ class DeepLab(nn.Module):
         logits = self.head(self.backbone(self.normalize(images)))
         # Upsampled in float32 also under bf16 autocast: bf16's 8 bits of mantissa would tie the scores of close
         # classes on ~1 % of the pixels and argmax resolves ties to the lower class index (towards background).
-        return F.interpolate(logits.to(torch.promote_types(logits.dtype, torch.float32)), size=images.shape[-2:],
-                             mode="bilinear", align_corners=self.align_corners)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if self.upsampling == "zoom":
+            return zoom(logits, self.output_stride, images.shape[-2:])
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+
+
+def zoom(logits: torch.Tensor, factor: int, size: Sequence[int]) -> torch.Tensor:
+    """Caffe's ``Interp`` with ``zoom_factor``: [N, C, h, w] -> [N, C, (h - 1) * factor + 1, (w - 1) * factor + 1]
+    (bilinear, corners aligned), then cropped to ``size`` or padded by repeating the last row / column."""
+    h, w = logits.shape[-2:]
+    out = F.interpolate(logits, size=((h - 1) * factor + 1, (w - 1) * factor + 1), mode="bilinear",
+                        align_corners=True)[..., :size[0], :size[1]]
+    # No branch on the sizes, so that an exported graph serves every input size.
+    missing = (0, torch.sym_max(size[1] - out.shape[-1], 0), 0, torch.sym_max(size[0] - out.shape[-2], 0))
+    return F.pad(out, missing, mode="replicate")
 
 
 class DeepLabV1(DeepLab):
@@ -98,8 +122,8 @@ class DeepLabV1(DeepLab):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, *, dilation: int = 12, channels: int = 1024,
-                 dropout: float = 0.5) -> None:
-        super().__init__(backbone, num_classes)
+                 dropout: float = 0.5, upsampling: Literal["input_size", "zoom"] = "input_size") -> None:
+        super().__init__(backbone, num_classes, upsampling=upsampling)
         self.classifier = FCHead(backbone.feature_info[-1].channels, num_classes, dilation=dilation,
                                  channels=channels, dropout=dropout)
         if getattr(backbone, "imagenet_fc", None) is not None:
@@ -117,8 +141,8 @@ class DeepLabV2(DeepLab):
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, *,
                  atrous_rates: Sequence[int] = (6, 12, 18, 24), channels: int | None = 1024,
-                 dropout: float = 0.5) -> None:
-        super().__init__(backbone, num_classes)
+                 dropout: float = 0.5, upsampling: Literal["input_size", "zoom"] = "input_size") -> None:
+        super().__init__(backbone, num_classes, upsampling=upsampling)
         self.aspp = ASPPL(backbone.feature_info[-1].channels, num_classes, atrous_rates, channels=channels,
                           dropout=dropout)
         if channels is not None and getattr(backbone, "imagenet_fc", None) is not None:

@@ -54,7 +54,7 @@ def _vgg_deeplab(cls: type, num_classes: int, output_stride: int | None, pretrai
 
 
 # Backbone settings any backbone takes (applied by configure_backbone); the others go to its constructor.
-GENERIC_BACKBONE_SETTINGS = ("input_mean", "input_std", "bn_eps")
+GENERIC_BACKBONE_SETTINGS = ("pixel_mean", "pixel_std", "bn_eps")
 
 
 def _backbone_settings(backbone_kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -63,18 +63,18 @@ def _backbone_settings(backbone_kwargs: dict[str, Any] | None) -> tuple[dict[str
     return {k: kwargs.pop(k) for k in GENERIC_BACKBONE_SETTINGS if k in kwargs}, kwargs
 
 
-def configure_backbone(backbone: Backbone, *, input_mean: Sequence[float] | None = None,
-                       input_std: Sequence[float] | None = None, bn_eps: float | None = None) -> Backbone:
-    """``backbone`` with another input range (``input_mean`` / ``input_std``: RGB, for inputs in [0, 1], e.g.
-    0.5 / 0.5 for TF DeepLab's [-1, 1]) or another BatchNorm epsilon (e.g. 1e-3, TF's MobileNetV2) than its
-    own: what weights trained elsewhere need (``deeplab-lightning convert`` sets them). The network reads the
-    range when it is built, so this runs before."""
-    for name, value in (("input_mean", input_mean), ("input_std", input_std)):
+def configure_backbone(backbone: Backbone, *, pixel_mean: Sequence[float] | None = None,
+                       pixel_std: Sequence[float] | None = None, bn_eps: float | None = None) -> Backbone:
+    """``backbone`` with another input range than its own, ``(x - pixel_mean) / pixel_std`` on RGB values in
+    [0, 255] (e.g. 127.5 / 127.5 for TF DeepLab's [-1, 1]; Caffe's mean pixel and 1), or another BatchNorm epsilon
+    (e.g. 1e-3, TF's MobileNetV2): what weights trained elsewhere need (``deeplab-lightning convert`` sets them).
+    The network reads the range when it is built, so this runs before."""
+    for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
         if value is not None:
-            if len(value) != 3:
-                raise ValueError(f"model_kwargs.backbone_kwargs.{name} needs one value per RGB channel (for "
-                                 f"inputs in [0, 1]), got {value!r}")
-            setattr(backbone, name, tuple(float(v) for v in value))
+            if len(value) != 3 or (name == "pixel_std" and min(value) <= 0):
+                raise ValueError(f"model_kwargs.backbone_kwargs.{name} needs one value per RGB channel, in "
+                                 f"[0, 255] units (std > 0), got {value!r}")
+            setattr(backbone, name.replace("pixel", "input"), tuple(float(v) / 255 for v in value))
     if bn_eps is not None:
         for m in backbone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -30,7 +30,7 @@ from .mapping import MappingError, Rule, conv_hwio, depthwise_hwcm, fill, then
 
 OPTIMIZER_SLOTS = ("Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1", "ExponentialMovingAverage", "Adagrad",
                    "Ftrl", "Ftrl_1")
-TF_INPUT_RANGE = {"input_mean": [0.5, 0.5, 0.5], "input_std": [0.5, 0.5, 0.5]}  # x / 127.5 - 1 on 0-255 RGB
+TF_INPUT_RANGE = {"pixel_mean": [127.5, 127.5, 127.5], "pixel_std": [127.5, 127.5, 127.5]}  # x / 127.5 - 1
 BN_PARAMS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
@@ -110,10 +110,10 @@ def model_settings(spec: TFDeepLab, output_stride: int) -> tuple[str, dict[str, 
 
 
 def build(spec: TFDeepLab, output_stride: int) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The project's network for ``spec`` at ``output_stride`` (no pretrained weights are loaded), its arch and
-    model_kwargs."""
+    """The project's network for ``spec`` at ``output_stride``, on the meta device (its names, shapes and
+    geometry), its arch and model_kwargs."""
     arch, kwargs = model_settings(spec, output_stride)
-    with architectures_only():
+    with architectures_only(), torch.device("meta"):  # names, shapes and geometry only: no memory, no time
         net = create_model(arch, spec.num_classes, output_stride=output_stride, **kwargs)
     return net, arch, kwargs
 

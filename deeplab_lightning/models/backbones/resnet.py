@@ -15,6 +15,7 @@ layer4's first unit holds the stride and reads stride-16 features, so the same r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -45,6 +46,12 @@ class ResNetBackbone(Backbone):
         multi_grid: unit rates of the last stage, one per block of layer4 (2 for ResNet-18, 3 otherwise);
             ``None`` means all ones.
         pretrained: load torchvision's ImageNet weights (needs the weights file or network access).
+        layout: ``"torchvision"``, or ``"caffe"``: MSRA's Caffe ResNet, that of DeepLab v2's released ResNet-101
+            (its ``prototxt``, for its converted weights): a stage's stride in its first unit's 1x1 conv (``res3a_
+            branch2a``) instead of the 3x3, the stem's max pool without padding and rounding up (Caffe's
+            pooling), and in a dilated stage every 3x3 conv at the stage's rate, the first unit's too (there the
+            stride held by the 1x1 conv is what is removed: ``res4a_branch2b`` has dilation 2 at OS 8). Same
+            parameters; 64 instead of 65 features at 513.
 
     Input [N, 3, H, W] -> list of 4 maps, [N, C_i, ceil(H / s_i), ceil(W / s_i)].
     """
@@ -56,10 +63,14 @@ class ResNetBackbone(Backbone):
         output_stride: int = 16,
         multi_grid: Sequence[int] | None = None,
         pretrained: bool = False,
+        layout: Literal["torchvision", "caffe"] = "torchvision",
     ) -> None:
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}")
+        if layout not in ("torchvision", "caffe") or (layout == "caffe" and depth < 50):
+            raise ValueError(f"ResNet layout must be 'torchvision' or 'caffe' (ResNet-50/101 only), got {layout!r} "
+                             f"for ResNet-{depth}")
         check_output_stride(output_stride)
         builder, weights = _RESNETS[depth]
         with pretrained_weights(f"ResNet-{depth}", url=weights.url):
@@ -78,10 +89,15 @@ class ResNetBackbone(Backbone):
                 f"{n_last} blocks; give one unit rate per block"
             )
         self.multi_grid = multi_grid
+        self.layout = layout
+        if layout == "caffe":
+            self._caffe_layout()
         reads = 1  # the rate of the features the next 3x3 conv reads
         for name in _STAGES:
             rate, stage = self.stage_rate(name), getattr(self, name)
             unit = multi_grid if name == "layer4" else (1,) * len(stage)
+            if layout == "caffe":
+                reads = rate  # the stride sat in the 1x1 conv before every 3x3 conv of the stage
             for block, u in zip(stage, unit):
                 for conv in _three_by_three_convs(block):
                     conv.dilation, conv.padding = (reads * u, reads * u), (reads * u, reads * u)
@@ -100,6 +116,14 @@ class ResNetBackbone(Backbone):
     def stage_rate(self, name: str = "layer4") -> int:
         """Atrous rate of a stage past its first unit, before multi-grid (block4 at OS16: 2, at OS8: 4)."""
         return max(_STAGE_STRIDES[_STAGES.index(name)] // self.output_stride, 1)
+
+    def _caffe_layout(self) -> None:
+        """Strides of the first units in their 1x1 conv (conv1), the stem's pool as Caffe's (see ``layout``)."""
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=0, ceil_mode=True)
+        for name in _STAGES:
+            first = getattr(self, name)[0]
+            if first.conv2.stride != (1, 1):
+                first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
 
     @staticmethod
     def _remove_stride(block: nn.Module) -> None:
