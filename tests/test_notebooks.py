@@ -22,6 +22,8 @@ def test_explore_notebook_executes_and_shows_figures(tmp_path, monkeypatch):
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs if o.output_type == "display_data")
     assert "receptive field (px)" in markdown and "| MS + flip + CRF |" in markdown
     assert "+MS/flip+CRF (%)" in markdown  # the ablation report
+    assert "| band width (px) | before CRF (%) | after CRF (%) | gain (points) |" in markdown  # boundaries
+    assert "| V3 (bilinear x16) |" in markdown and "| V3+ (decoder) |" in markdown
     assert "bootstrap interval over its 24 images" in markdown and "| 1 | toy_val_" in markdown  # per-image ranking
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "val mIoU over the whole split" in text

@@ -60,7 +60,7 @@ class Evaluator(nn.Module):
         """Count one batch: ``scores`` of each image and its labels [h_i, w_i] (each image's own extent)."""
         pairs = [(self.final, "final_boundary", scores.labels)]
         if scores.unrefined is not None:
-            pairs.append((self.unrefined, "unrefined_boundary", [s.argmax(0) for s in scores.unrefined]))
+            pairs.append((self.unrefined, "unrefined_boundary", scores.unrefined_labels))
         for metrics, boundary, labels in pairs:
             for pred, target in zip(labels, targets):
                 metrics[stage].update(pred[None], target[None])
