@@ -93,3 +93,25 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, str], title: str,
         fig.text(0.01, 0.01, "\n".join(["Hatched mIoU bars:", *notes]), fontsize=8, va="bottom")
     fig.tight_layout(rect=(0, 0.22 * (len(notes) + 1.5) / fig.get_figheight() if notes else 0, 1, 1))
     return fig
+
+
+def trimap_figure(rows: Sequence[dict], title: str) -> Figure:
+    """mIoU within a band of each width around object boundaries (V1 Fig. 5, V3+ Fig. 5a) for every row that
+    measured it (``trimap_curve``: [[width px, mIoU], ...]), after the dense CRF dashed in the same colour."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for i, row in enumerate(r for r in rows if r.get("trimap_curve")):
+        colour = f"C{i % 10}"
+        for key, style, suffix in (("trimap_curve", "-", ""), ("trimap_curve_crf", "--", " +CRF")):
+            if row.get(key):
+                widths, values = zip(*row[key])
+                ax.plot(widths, [100 * v for v in values], style, color=colour, marker="o", markersize=3,
+                        label=f"{row['run']}{suffix}")
+    band = next((r.get("trimap_band") for r in rows if r.get("trimap_band")), None)
+    ax.set_xlabel("band width around " + ("void pixels" if band == "void" else "label boundaries") + " (px)")
+    ax.set_ylabel("mIoU within the band (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -56,7 +56,13 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
     assert json.loads((out / "report.json").read_text())[1]["model.output_stride"] == 16
     printed = capsys.readouterr().out
     assert "Ablation toy_os" in printed and all(name in printed for name in names)  # whole names, on 80 columns
-    assert "note: train img/s of 2 run(s) is measured over fewer than 50 steps" in printed
+    assert "note: train img/s of 2 row(s) is measured over fewer than 50 steps" in printed
+    for row in report:  # at boundaries: the trimap at the narrowest band, Boundary IoU, before and after the CRF
+        assert row["trimap_band"] == "void" and row["trimap_width"] == row["trimap_curve"][0][0]
+        assert row["trimap_mIoU"] == row["trimap_curve"][0][1] and len(row["trimap_curve_crf"]) > 1
+        assert 0 <= row["boundary_mIoU"] <= 1 and 0 <= row["boundary_mIoU_crf"] <= 1
+    assert "trimap 2px (%)" in markdown[2] and "Boundary IoU (%)" in markdown[2]
+    assert Image.open(out / "report_trimap.png").size[0] > 300
     trained = yaml.safe_load((out / names[0] / "run.yaml").read_text())
     assert trained["model"]["output_stride"] == 8 and trained["data"]["init_args"]["batch_size"] == 4
 

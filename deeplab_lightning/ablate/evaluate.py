@@ -43,6 +43,7 @@ class Evaluated:
     miou: dict[str, float]
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
+    boundary: dict[str, Any] = field(default_factory=dict)  # "final"/"unrefined" -> BoundaryResults
 
 
 def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback], label: str, run_dir: Path,
@@ -61,7 +62,17 @@ def _validate(cli: Any, model: SegmentationModule, callbacks: list[L.Callback], 
                "unrefined": model.evaluation_results("val", unrefined=True)}
     files = {kind: str(Path(path).relative_to(run_dir)) for kind, path in
              (per_image.written[-1] if per_image.written else {}).items()}
-    return Evaluated({kind: r.mIoU for kind, r in results.items() if r is not None}, seconds, files)
+    return Evaluated({kind: r.mIoU for kind, r in results.items() if r is not None}, seconds, files,
+                     {kind: r.boundary for kind, r in results.items() if r is not None and r.boundary is not None})
+
+
+def boundary_fields(boundary: Any, suffix: str = "") -> dict[str, Any]:
+    """The report row's boundary measurements of one evaluation: trimap mIoU at the narrowest band (the V3+
+    Fig. 5a reading), the whole trimap curve, mean Boundary IoU and mean boundary F1."""
+    curve = [[int(w), float(v)] for w, v in zip(boundary.trimap_widths, boundary.trimap_mIoU.tolist())]
+    return {f"trimap_mIoU{suffix}": curve[0][1], f"trimap_curve{suffix}": curve, "trimap_width": curve[0][0],
+            "trimap_band": boundary.trimap_band, f"boundary_mIoU{suffix}": boundary.boundary_mIoU,
+            f"boundary_mF1{suffix}": boundary.boundary_mF1}
 
 
 def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | None = None) -> dict[str, Any]:
@@ -96,6 +107,8 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
         "checkpoint": ckpt,
     }
     per_image = {"mIoU": plain.files.get("final")}
+    if "final" in plain.boundary:
+        row.update(boundary_fields(plain.boundary["final"]))
     if ablation.output_stride is not None and ablation.output_stride != model.net.output_stride:
         model = at_output_stride(model, ablation.output_stride)
         key = f"mIoU_os{ablation.output_stride}"
@@ -107,6 +120,8 @@ def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | Non
     if crf:
         evaluations.append(_validate(cli, model, crf, f"{run}: dense CRF", run_dir, "crf"))
         row["mIoU_crf"], per_image["mIoU_crf"] = evaluations[-1].miou["final"], evaluations[-1].files.get("final")
+        if "final" in evaluations[-1].boundary:
+            row.update(boundary_fields(evaluations[-1].boundary["final"], "_crf"))
     if ablation.ms_flip is not None:
         ms = [MultiScaleInference(stages=["validate"], **ablation.ms_flip)]
         evaluations.append(_validate(cli, model, ms + crf, f"{run}: multi-scale + flip" + (" + CRF" if crf else ""),

@@ -8,7 +8,7 @@ from typing import Any
 from ..evaluation.per_image import (PerImageMatrices, bootstrap_delta_interval, bootstrap_interval, image_deltas,
                                     read_per_image)
 from .published import label, published_numbers
-from .report import METRICS
+from .report import SUMMARISED
 from .spec import Ablation, PlannedRun
 from .statistics import paired, summarize
 
@@ -38,7 +38,9 @@ def row_results(ablation: Ablation, runs: list[PlannedRun], run_rows: list[dict[
 def _row(name: str, members: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Any]:
     first_run = members[0][0]
     done = [(run, result) for run, result in members if result.get("status", "done") == "done"]
-    row: dict[str, Any] = {"run": name, **first_run.grid_values}
+    # a row of one run keeps everything that run recorded (checkpoint, evaluation output stride ...)
+    single = {k: v for k, v in members[0][1].items() if k not in ("row", "seed")} if len(members) == 1 else {}
+    row: dict[str, Any] = {**single, "run": name, **first_run.grid_values}
     seeded = first_run.seed is not None
     if seeded:
         row["seeds"] = [run.seed for run, _ in done]
@@ -55,7 +57,7 @@ def _row(name: str, members: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[st
     if not done:
         return row
     results = [result for _, result in done]
-    for key in METRICS:
+    for key in SUMMARISED:
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary = summarize(values)
@@ -75,6 +77,11 @@ def _row(name: str, members: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[st
         row[key] = sum(values) if values else None
     row["steps"] = min(r.get("steps") or 0 for r in results)
     row["train_img_s_steps"] = min(r.get("train_img_s_steps") or 0 for r in results)
+    for key in ("trimap_curve", "trimap_curve_crf"):  # the mean curve over seeds, per band width
+        curves = [r[key] for r in results if r.get(key)]
+        if curves:
+            row[key] = [[width, sum(c[i][1] for c in curves) / len(curves)] for i, (width, _) in enumerate(curves[0])]
+    row.update({k: results[0][k] for k in ("trimap_width", "trimap_band") if results[0].get(k) is not None})
     classes = [r["predicted_classes"] for r in results if r.get("predicted_classes") is not None]
     if classes:
         row["predicted_classes"] = min(classes)
@@ -87,7 +94,7 @@ def _compare(row: dict[str, Any], base: dict[str, Any], members: list, base_memb
         return {(run.seed if run.seed is not None else 0): result[key] for run, result in group
                 if result.get("status", "done") == "done" and result.get(key) is not None}
 
-    for key in METRICS:
+    for key in SUMMARISED:
         difference = paired(by_seed(members, key), by_seed(base_members, key))
         if difference is None:
             continue

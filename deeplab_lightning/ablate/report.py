@@ -11,13 +11,18 @@ from typing import Any
 
 from rich.table import Table
 
-from ..plots import ablation_figure
+from ..plots import ablation_figure, trimap_figure
 from ..run_folder import write_text_atomic
 
 MIN_THROUGHPUT_STEPS = 50  # fewer measured training steps than this: images/s are too noisy to compare runs
 # mIoU at the trained output stride; at the one `evaluate: {output_stride}` names; then the others, at that one.
 METRICS = {"mIoU": "mIoU", "mIoU_os8": "OS8", "mIoU_os16": "OS16", "mIoU_os32": "OS32", "mIoU_ms_flip": "+MS/flip",
            "mIoU_crf": "+CRF", "mIoU_ms_flip_crf": "+MS/flip+CRF"}
+# At object boundaries (single scale, and after the dense CRF): trimap mIoU at the narrowest band, Boundary IoU and
+# boundary F1 (deeplab_lightning.evaluation.boundaries); summarised over seeds like the mIoU columns.
+BOUNDARY_METRICS = {"trimap_mIoU": "trimap", "trimap_mIoU_crf": "trimap +CRF", "boundary_mIoU": "Boundary IoU",
+                    "boundary_mIoU_crf": "Boundary IoU +CRF", "boundary_mF1": "boundary F1"}
+SUMMARISED = {**METRICS, **BOUNDARY_METRICS}  # every score a row summarises over its seeds
 
 
 def short_throughput_runs(rows: list[dict[str, Any]]) -> list[str]:
@@ -70,6 +75,9 @@ def report_columns(rows: list[dict[str, Any]], grid_keys: list[str], baseline: s
     if any("seeds" in r for r in rows):
         columns.append(("n", "seeds"))
     columns += [(k, f"{h} (%)") for k, h in METRICS.items() if any(k in r for r in rows)]
+    width = next((r["trimap_width"] for r in rows if r.get("trimap_width") is not None), None)
+    columns += [(k, f"{h}{f' {width}px' if k.startswith('trimap') else ''} (%)")
+                for k, h in BOUNDARY_METRICS.items() if any(k in r for r in rows)]
     if any("mIoU_delta" in r for r in rows):
         columns += [("mIoU_delta", f"Δ mIoU vs {baseline} (pp)"), ("vs_baseline", "reading")]
     if any("published" in r for r in rows):
@@ -89,7 +97,7 @@ def _interval(low: float | None, high: float | None, scale: float = 100, signed:
 
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
-    if key in METRICS and value is not None:
+    if key in SUMMARISED and value is not None:
         return _fmt(100 * value) + _interval(row.get(f"{key}_low"), row.get(f"{key}_high"))
     if key == "mIoU_delta" and value is not None:
         p = row.get("mIoU_p")
@@ -165,6 +173,9 @@ def write_report(rows: list[dict[str, Any]], grid_keys: list[str], out_dir: Path
     suspect = [run for run, found in notes.items() if any("img/s" not in note for note in found)]
     ablation_figure(rows, METRICS, title, short, suspect).savefig(png, dpi=120)
     os.replace(png, out_dir / "report.png")
+    if any(row.get("trimap_curve") for row in rows):
+        trimap_figure(rows, f"{title}: mIoU near boundaries").savefig(png, dpi=120)
+        os.replace(png, out_dir / "report_trimap.png")
     compact = [(k, h) for k, h in columns if k not in grid_keys]  # the run name holds the grid values
     table = Table(title=title)
     longest = max((len(str(row["run"])) for row in rows), default=3)

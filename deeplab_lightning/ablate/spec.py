@@ -22,7 +22,7 @@ STATUS_FILE = "status.json"  # step and ETA of the run's fit (callbacks.RunStatu
 # A run folder's name: the run's name with every other character replaced by "_" (no shell quoting needed).
 UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 RESERVED = {"", ".", "..", "slurm", "analysis", "wandb", *(f"report.{ext}" for ext in ("csv", "md", "png", "json")),
-            "runs.csv", "runs.json"}  # the output folder's own entries: no run folder may take their names
+            "runs.csv", "runs.json", "report_trimap.png"}  # the output folder's own entries: no run folder may take their names
 
 
 @dataclass
