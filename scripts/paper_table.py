@@ -71,8 +71,9 @@ def command(row: dict[str, Any]) -> str:
     if row.get("command", "fit") == "fit":
         return fit
     args = " ".join(row.get("args", []))
-    ckpt = f"runs/{row['config']}/checkpoints/last.ckpt"
-    return f"{fit}, then `deeplab-lightning {row['command']} --config {config} {args} --ckpt_path {ckpt}`".replace(
+    ckpt = row.get("checkpoint") or f"runs/{row['config']}/checkpoints/last.ckpt"
+    first = f"`deeplab-lightning convert {row['convert']} --output {ckpt}`" if row.get("convert") else fit
+    return f"{first}, then `deeplab-lightning {row['command']} --config {config} {args} --ckpt_path {ckpt}`".replace(
         "  ", " ")
 
 
