@@ -9,7 +9,7 @@ from torch import nn
 
 from deeplab_lightning.callbacks import DenseCRFRefinement, WandbReport
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
-from deeplab_lightning.evaluation import BoundaryMetrics, BoundarySettings
+from deeplab_lightning.evaluation import BatchScores, BoundaryMetrics, BoundarySettings
 from deeplab_lightning.module import SegmentationModule
 
 N = len(TOY_CLASSES)
@@ -116,7 +116,10 @@ def test_auto_follows_the_data_modules_declaration():
     assert VOCDataModule.void_marks_boundaries and ToyVOCDataModule.void_marks_boundaries
     assert not CityscapesDataModule.void_marks_boundaries and not FolderDataModule.void_marks_boundaries
     module = SegmentationModule(ColourNet(), num_classes=N)
-    module.evaluator.begin("val", void_marks_boundaries=False)
+    module.evaluator.begin("test", void_marks_boundaries=True)
+    assert module.evaluator.final_boundary["test"].trimap_band == "void"
+    # a split counted outside a trainer's loop (no data module to ask): label boundaries, named in the results
+    module.evaluator.update("val", BatchScores([torch.randn(N, 8, 8)]), [torch.zeros(8, 8, dtype=torch.long)])
     assert module.evaluator.final_boundary["val"].trimap_band == "labels"
     with pytest.raises(ValueError, match="model.boundary_metrics has no setting 'widths'"):
         SegmentationModule(ColourNet(), num_classes=N, boundary_metrics={"widths": [2]})

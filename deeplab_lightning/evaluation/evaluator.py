@@ -57,7 +57,11 @@ class Evaluator(nn.Module):
             self.final_boundary[stage].trimap_band = self.unrefined_boundary[stage].trimap_band = band
 
     def update(self, stage: str, scores: BatchScores, targets: Sequence[torch.Tensor]) -> None:
-        """Count one batch: ``scores`` of each image and its labels [h_i, w_i] (each image's own extent)."""
+        """Count one batch: ``scores`` of each image and its labels [h_i, w_i] (each image's own extent). A split
+        counted without :meth:`begin` (steps called outside a trainer's loop: no data module to ask) takes label
+        boundaries as the trimap's seeds, unless the settings say ``void``."""
+        if self.boundary is not None and self.final_boundary[stage].trimap_band is None:
+            self.begin(stage, void_marks_boundaries=False)
         pairs = [(self.final, "final_boundary", scores.labels)]
         if scores.unrefined is not None:
             pairs.append((self.unrefined, "unrefined_boundary", scores.unrefined_labels))
