@@ -183,12 +183,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return square_window(mask, radius, torch.bitwise_or)
 
 
-def near_other_label(labels: torch.Tensor, radius: int) -> torch.Tensor:
-    """bool [H, W]: pixels with a pixel of another label within chessboard distance ``radius`` inside the image,
-    i.e. for every class the part of its mask within ``radius`` of the mask's contour (Cheng et al.'s G_d ∩ G)."""
-    return square_window(labels, radius, torch.maximum) != square_window(labels, radius, torch.minimum)
-
-
 def label_edges(labels: torch.Tensor) -> torch.Tensor:
     """bool [H, W]: pixels whose label differs from one of their 4-neighbours' (inside the image)."""
     edges = torch.zeros_like(labels, dtype=torch.bool)
@@ -270,7 +264,9 @@ class BoundaryMetrics(Metric):
 
     @staticmethod
     def _boundary_regions(codes: torch.Tensor, distance: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixels with another label within 1, within ``distance``) of a label map [h, w]."""
+        """(pixels with another label within 1, within ``distance``) of a label map [h, w]: for every class the
+        part of its mask within that distance of the mask's contour (Cheng et al.'s G_d ∩ G), as the window's
+        maximum differing from its minimum."""
         high, low = square_window(codes, 1, torch.maximum), square_window(codes, 1, torch.minimum)
         contour = high != low
         if distance > 1:
