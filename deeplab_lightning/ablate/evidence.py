@@ -102,7 +102,7 @@ def _compare(row: dict[str, Any], base: dict[str, Any], members: list, base_memb
                     f"{key}_delta_high": difference.high, f"{key}_p": difference.p,
                     f"{key}_paired_seeds": list(difference.seeds),
                     f"{key}_delta_interval": T_INTERVAL if difference.n > 1 else None})
-        distinguishable, how = difference.distinguishable, f"{difference.n} seeds"
+        distinguishable, how = difference.distinguishable, f"{difference.n} seed{'s' if difference.n != 1 else ''}"
         if difference.n == 1:  # one seed each: the paired bootstrap over the images both evaluated
             seed = difference.seeds[0]
             ours = next(((r, x) for r, x in members if (r.seed or 0) == seed), None)
