@@ -1,5 +1,5 @@
-"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data``, ``cache``, ``ablate``
-and ``export``."""
+"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data``, ``cache``, ``ablate``,
+``export`` and ``convert``."""
 from __future__ import annotations
 
 import re
@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "cache": "decode a config's splits once into stores that training reads without decoding",
     "ablate": "train and compare a grid of variants from one YAML (table, CSV, JSON, plots)",
     "export": "write a checkpoint's network as ONNX, TorchScript or a torch.export program",
+    "convert": "an official DeepLab checkpoint (TF model zoo, released Caffe model) as a project checkpoint",
 }
 
 
@@ -90,6 +91,10 @@ def _dispatch(command: str, args: list[str]) -> int:
         from .export import main as export_main
 
         return export_main(args)
+    if command == "convert":
+        from .convert import main as convert_main
+
+        return convert_main(args)
     from .cli import main
 
     main()

@@ -98,7 +98,7 @@ def test_largefov_converts_into_the_released_prototxts_network(tmp_path):
     geometry as the file states it, and the converted network computes the prototxt's (pool5a, Caffe's rounding
     pooling on even sizes, BGR minus the mean, the zoom by 8) on an even-sized image."""
     layers = largefov_layers()
-    path = write_caffemodel(tmp_path / "train2_iter_8000.caffemodel", layers, v1=True)
+    path = write_caffemodel(tmp_path / "DeepLab-LargeFOV.caffemodel", layers, v1=True)
     converted = convert_caffe(path)
     assert converted.arch == "deeplabv1_vgg16_largefov" and converted.num_classes == 21
     assert converted.model_kwargs == {"upsampling": "zoom", "backbone_kwargs": {
@@ -209,7 +209,7 @@ def v2_reference(layers: list[Layer], images: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def v2_model(tmp_path_factory):
     layers = v2_layers()
-    return layers, write_caffemodel(tmp_path_factory.mktemp("v2") / "train2_iter_20000.caffemodel", layers)
+    return layers, write_caffemodel(tmp_path_factory.mktemp("v2") / "deeplabv2_resnet101_msc_voc12.caffemodel", layers)
 
 
 def test_v2_resnet101_msc_converts_into_the_released_prototxts_network(v2_model):

@@ -219,3 +219,24 @@ def test_the_resnet_v1_101_beta_variables_all_convert_into_its_layout():
     nhwc = lambda t: [t.shape[0], t.shape[2], t.shape[3], t.shape[1]]  # noqa: E731
     assert nhwc(first) == shapes["first_activation"] and nhwc(features) == shapes["backbone_features"]
     assert nhwc(low_level) == shapes["decoder_lowlevel_input"]
+
+
+def test_tf_same_padding_pads_one_pixel_less_before_on_even_sizes_and_exports_dynamically():
+    """TF's 'SAME' for a 3x3 stride-2 conv pads (1, 1) on odd sizes, as PyTorch does, and (0, 1) on even ones;
+    ``Conv2dTFSame`` does so from the input's size, also in a torch.export program (the size stays dynamic)."""
+    from deeplab_lightning.models.layers import Conv2dTFSame
+
+    torch.manual_seed(0)
+    conv = Conv2dTFSame(3, 4, 3, stride=2).eval()
+    plain = torch.nn.Conv2d(3, 4, 3, stride=2).eval()
+    plain.load_state_dict(conv.state_dict())
+    odd, even = torch.randn(1, 3, 65, 33), torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(odd), F.conv2d(odd, conv.weight, conv.bias, 2, 1))
+        torch.testing.assert_close(conv(even), plain(F.pad(even, (0, 1, 0, 1))))
+        assert not torch.allclose(conv(even), F.conv2d(even, conv.weight, conv.bias, 2, 1))
+        net = torch.nn.Sequential(conv, Conv2dTFSame(4, 4, 3, stride=2)).eval()
+        dims = ({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC},)
+        program = torch.export.export(net, (odd,), dynamic_shapes=dims).module()  # traced on odd sizes
+        for x in (even, torch.randn(1, 3, 50, 71)):
+            torch.testing.assert_close(program(x), net(x))

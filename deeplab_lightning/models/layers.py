@@ -1,9 +1,9 @@
 """Small building blocks shared by the DeepLab heads, and the SyncBatchNorm conversion of whole networks."""
 from __future__ import annotations
 
-from timm.layers import Conv2dSame
+import torch
+import torch.nn.functional as F
 from timm.layers import convert_sync_batchnorm as _timm_convert_sync_batchnorm
-from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
 
 
@@ -59,6 +59,37 @@ class ConvBNReLU(nn.Sequential):
         super().__init__(*layers, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
+def tf_same_pad(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+                dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> torch.Tensor:
+    """``x`` [N, C, H, W] padded as TensorFlow's ``'SAME'`` pads before a strided window: ``max((-n) % s + k - s,
+    0)`` pixels in all (``k`` the dilated kernel), the larger half after. Written without branches or rounding
+    functions, so that ``torch.export`` (and ONNX) keep the input size dynamic (timm's ``Conv2dSame`` takes minutes
+    there). A TorchScript trace fixes the padding at the traced size's parity (odd on the 16k + 1 canvases)."""
+    pads = []
+    for n, k, s, d in zip(reversed(x.shape[-2:]), reversed(kernel_size), reversed(stride), reversed(dilation)):
+        n = int(n) if isinstance(n, torch.Tensor) else n  # a TorchScript trace's size
+        total = torch.sym_max((-n) % s + (k - 1) * d + 1 - s, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
+
+
+class Conv2dTFSame(nn.Conv2d):
+    """``nn.Conv2d`` padded as TF's ``'SAME'`` (:func:`tf_same_pad`); its ``padding`` is unused (0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(tf_same_pad(x, self.kernel_size, self.stride, self.dilation), self.weight, self.bias,
+                        self.stride, 0, self.dilation, self.groups)
+
+
+class MaxPool2dTFSame(nn.MaxPool2d):
+    """``nn.MaxPool2d`` padded as TF's ``'SAME'`` (with -inf, :func:`tf_same_pad`); its ``padding`` is unused."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        x = tf_same_pad(x, pair(self.kernel_size), pair(self.stride), pair(self.dilation), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation, self.ceil_mode)
+
+
 def use_tf_same_padding(module: nn.Module) -> nn.Module:
     """``module`` with each strided convolution and max pool padded as TensorFlow's ``'SAME'`` pads, in place
     (weights kept): ``(k - 1) // 2`` before and the rest after, from the input size. On odd sizes this is the
@@ -66,15 +97,15 @@ def use_tf_same_padding(module: nn.Module) -> nn.Module:
     For weights trained in TF's graphs (MobileNetV2's stride-2 layers, ResNet-v1-beta's max pool).
     Stride-1 layers with odd kernels pad symmetrically in both frameworks and are left as they are."""
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.Conv2d) and child.stride != (1, 1) and not isinstance(child, Conv2dSame):
-            same = Conv2dSame(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                              dilation=child.dilation, groups=child.groups, bias=child.bias is not None)
+        if isinstance(child, nn.Conv2d) and child.stride != (1, 1) and not isinstance(child, Conv2dTFSame):
+            same = Conv2dTFSame(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                dilation=child.dilation, groups=child.groups, bias=child.bias is not None)
             same.weight, same.bias = child.weight, child.bias
             setattr(module, name, same)
         elif isinstance(child, nn.MaxPool2d) and child.stride not in (1, (1, 1)) \
-                and not isinstance(child, MaxPool2dSame):
-            setattr(module, name, MaxPool2dSame(child.kernel_size, child.stride, dilation=child.dilation,
-                                                ceil_mode=child.ceil_mode))
+                and not isinstance(child, MaxPool2dTFSame):
+            setattr(module, name, MaxPool2dTFSame(child.kernel_size, child.stride, dilation=child.dilation,
+                                                  ceil_mode=child.ceil_mode))
         else:
             use_tf_same_padding(child)
     return module

@@ -24,7 +24,7 @@ from ..evaluation.pipeline import PredictedLabels, per_image
 from ..models import ModelName, convert_sync_batchnorm
 from ..run_info import run_info
 from .loss import SegmentationLoss
-from .network import build_network, frozen_batch_norms
+from .network import build_network, frozen_batch_norms, numeric_model_kwargs
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
 
@@ -346,14 +346,17 @@ class SegmentationModule(L.LightningModule):
             if key in saved and key in self.hparams and saved[key] != self.hparams[key]:
                 raise ValueError(f"The checkpoint was trained with {key}={saved[key]!r} but the config builds "
                                  f"{key}={self.hparams[key]!r}; use the checkpoint's {key} or another checkpoint")
-        # Settings that change what the same tensors compute (input range, BatchNorm epsilon, padding): a mismatch
-        # would load and evaluate silently wrong (a converted TF or Caffe model needs its own, see convert).
-        theirs = (saved.get("model_kwargs") or {}).get("backbone_kwargs") or {}
-        ours = (self.hparams.get("model_kwargs") or {}).get("backbone_kwargs") or {}
-        if "hyper_parameters" in checkpoint and dict(theirs) != dict(ours):
-            raise ValueError(f"The checkpoint's network was built with model.model_kwargs.backbone_kwargs="
-                             f"{dict(theirs)} but the config builds {dict(ours)}; these set what the weights compute "
-                             f"(input range, BatchNorm epsilon, backbone options): use the checkpoint's")
+        # Settings that change what the same tensors compute (input range, BatchNorm epsilon, padding, upsampling): a
+        # mismatch would load and evaluate silently wrong (a converted TF or Caffe model needs its own, see convert).
+        if "hyper_parameters" in checkpoint:
+            theirs_all = numeric_model_kwargs(saved.get("model_kwargs"))
+            ours_all = numeric_model_kwargs(self.hparams.get("model_kwargs"))
+            for key, theirs in theirs_all.items():
+                ours = ours_all[key]
+                if theirs != ours:
+                    raise ValueError(f"The checkpoint's network was built with model.model_kwargs.{key}={theirs!r} "
+                                     f"but the config builds {ours!r}; it sets what the weights compute (input range, "
+                                     f"BatchNorm epsilon, backbone layout, upsampling): use the checkpoint's")
         if self._trainer is not None and self.trainer.state.fn == "fit":  # a resumed fit restores its optimizer
             for key in OPTIMIZER_SETTINGS:
                 if key not in saved and key in SETTING_DEFAULTS:

@@ -63,22 +63,36 @@ def _network(arch: str | nn.Module, num_classes: int, output_stride: int | None,
     if crf_rnn is not None:
         net = WithCRF(net, TrainableDenseCRF(num_classes, CRFSettings(**crf_rnn)))
     if init_checkpoint is not None and loading_weights():
-        load_network_weights(net, init_checkpoint, (model_kwargs or {}).get("backbone_kwargs"))
+        load_network_weights(net, init_checkpoint, model_kwargs)
     return net
 
 
-def load_network_weights(net: nn.Module, path: str, backbone_kwargs: dict[str, Any] | None = None) -> None:
+# model_kwargs that change what the same weights compute (input range, BatchNorm epsilon, layout, upsampling),
+# with their defaults.
+NUMERIC_MODEL_KWARGS = {"backbone_kwargs": {}, "upsampling": "input_size"}
+
+
+def numeric_model_kwargs(model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The :data:`NUMERIC_MODEL_KWARGS` that ``model_kwargs`` sets, with the defaults for those it leaves out."""
+    given = model_kwargs or {}
+    return {key: given.get(key) if given.get(key) is not None else default
+            for key, default in NUMERIC_MODEL_KWARGS.items()}
+
+
+def load_network_weights(net: nn.Module, path: str, model_kwargs: dict[str, Any] | None = None) -> None:
     """The network weights of a checkpoint (``net.`` keys of its state dict); those of a network without the
     trainable CRF go into the network under it (the CRF keeps its initial parameters). A checkpoint whose network
-    was built with other ``model_kwargs.backbone_kwargs`` (input range, BatchNorm epsilon: what the same tensors
-    compute) than ``backbone_kwargs`` is refused."""
+    was built with other :data:`NUMERIC_MODEL_KWARGS` than ``model_kwargs`` (what the same tensors compute: a
+    converted TF or Caffe model's input range, BatchNorm epsilon, layout) is refused."""
     checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")
     saved = checkpoint.get("hyper_parameters")
-    theirs = ((saved or {}).get("model_kwargs") or {}).get("backbone_kwargs") or {}
-    if saved is not None and dict(theirs) != dict(backbone_kwargs or {}):
-        raise ValueError(f"model.init_checkpoint {path} was built with model.model_kwargs.backbone_kwargs="
-                         f"{dict(theirs)} but this config builds {dict(backbone_kwargs or {})}; these set what the "
-                         f"weights compute (input range, BatchNorm epsilon, backbone options): use the checkpoint's")
+    theirs_all, ours_all = numeric_model_kwargs((saved or {}).get("model_kwargs")), numeric_model_kwargs(model_kwargs)
+    for key in NUMERIC_MODEL_KWARGS if saved is not None else ():
+        theirs, ours = theirs_all[key], ours_all[key]
+        if theirs != ours:
+            raise ValueError(f"model.init_checkpoint {path} was built with model.model_kwargs.{key}={theirs!r} but "
+                             f"this config builds {ours!r}; it sets what the weights compute (input range, BatchNorm "
+                             f"epsilon, backbone layout, upsampling): use the checkpoint's")
     state = checkpoint["state_dict"]
     weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     has_crf = any(k.startswith("crf.") for k in weights)

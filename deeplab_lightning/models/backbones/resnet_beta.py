@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from timm.layers.pool2d_same import MaxPool2dSame
 from torchvision.models.resnet import Bottleneck
 
+from ..layers import MaxPool2dTFSame
 from .base import Backbone, FeatureInfo, check_output_stride
 
 UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -78,7 +78,7 @@ class ResNetBetaBackbone(Backbone):
         if len(self.multi_grid) != UNITS[depth][3]:
             raise ValueError(f"multi_grid={list(self.multi_grid)} needs {UNITS[depth][3]} unit rates (block 4)")
         self.stem = nn.Sequential(_conv_bn_relu(3, 64, 2), _conv_bn_relu(64, 64, 1), _conv_bn_relu(64, 128, 1))
-        self.maxpool = MaxPool2dSame(3, 2) if tf_same_padding else nn.MaxPool2d(3, 2, padding=1)
+        self.maxpool = MaxPool2dTFSame(3, 2) if tf_same_padding else nn.MaxPool2d(3, 2, padding=1)
         channels = 128
         for b, (units, width, stride) in enumerate(zip(UNITS[depth], (64, 128, 256, 512), (2, 2, 2, 1)), 1):
             setattr(self, f"layer{b}", _block(channels, width, units, stride))
