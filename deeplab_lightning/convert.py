@@ -7,8 +7,8 @@ with MSC), and writes a checkpoint that load, validate, test, predict, export an
 network, classes, output stride and input range are recorded in it; every variable of the source is used once
 (optimizer slots and global_step are skipped), or the conversion stops naming it.
 
-    deeplab-lightning convert deeplabv3_pascal_train_aug_2018_01_04.tar.gz --output zoo/xception65_voc.ckpt
-    deeplab-lightning test --config experiments/zoo/xception65_coco_voc_trainaug.yaml --ckpt_path zoo/xception65_voc.ckpt
+    deeplab-lightning convert deeplabv3_pascal_train_aug_2018_01_04.tar.gz --output zoo/x65_voc.ckpt
+    deeplab-lightning test --config experiments/zoo/xception65_coco_voc_trainaug.yaml --ckpt_path zoo/x65_voc.ckpt
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ ZOO_CONFIGS = {
 
 def zoo_config(record: dict) -> str | None:
     """The ``experiments/zoo`` config that tests a converted model the way its source was evaluated, if any."""
-    key = (record.get("model_variant") or record.get("model"), record.get("depth_multiplier"), record.get("num_classes"))
+    model = record.get("model_variant") or record.get("model")
+    key = (model, record.get("depth_multiplier"), record.get("num_classes"))
     name = ZOO_CONFIGS.get(key)
     return f"experiments/zoo/{name}.yaml" if name else None
 
@@ -69,7 +70,8 @@ def main(args: list[str] | None = None) -> int:
     print(f"Wrote {path}: {record['arch']} ({record.get('model_variant') or record.get('model')}), "
           f"{record['num_classes']} classes, output stride {record['output_stride']}"
           + (f", MSC scales {record['msc_scales']}" if record.get("msc_scales") else "")
-          + f"; input {record['input_range']}; {count} tensors converted" + (f" ({skipped} skipped)" if skipped else ""))
+          + f"; input {record['input_range']}; {count} tensors converted"
+          + (f" ({skipped} skipped)" if skipped else ""))
     config = zoo_config(record)
     if config:
         print(f"Test it as its source published it: deeplab-lightning test --config {config} --ckpt_path {path}")

@@ -84,7 +84,8 @@ def _layer(message: memoryview, v1: bool) -> CaffeLayer:
         if number == name_f:
             layer.name = bytes(value).decode()  # type: ignore[arg-type]
         elif number == type_f:
-            layer.type = V1_TYPES.get(int(value), f"V1 type {int(value)}") if v1 else bytes(value).decode()  # type: ignore[arg-type]
+            kind_id = int(value) if v1 else 0  # type: ignore[arg-type]
+            layer.type = V1_TYPES.get(kind_id, f"V1 type {kind_id}") if v1 else bytes(value).decode()  # type: ignore
         elif number == blobs_f:
             layer.blobs.append(_blob(value))  # type: ignore[arg-type]
         elif number == conv_f:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,6 @@ class TFDeepLab:
     image_pooling: bool
     decoder: bool
     depth_multiplier: float = 1.0
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def describe(tensors: dict[str, np.ndarray], where: str) -> TFDeepLab:

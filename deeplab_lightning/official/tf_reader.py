@@ -17,7 +17,7 @@ from typing import IO
 
 import numpy as np
 
-from .wire import LENGTH, WireError, fields, packed_varints, read_varint
+from .wire import LENGTH, WireError, fields, read_varint
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number, the footer's last 8 bytes
 FOOTER_SIZE = 48
