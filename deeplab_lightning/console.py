@@ -2,6 +2,7 @@
 ``export`` and ``convert``."""
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from typing import Any
@@ -19,6 +20,14 @@ SUBCOMMANDS = {
     "export": "write a checkpoint's network as ONNX, TorchScript or a torch.export program",
     "convert": "an official DeepLab checkpoint (TF model zoo, released Caffe model) as a project checkpoint",
 }
+
+
+def boolean_option(text: str) -> bool:
+    """An option's true/false value as the subcommands spell it (``--overwrite true``, ``yes``, ``1`` ...)."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
 
 
 def help_text(doc: str) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .console import boolean_option
+
 # The experiment config that evaluates a converted model as its source published it, by (model, depth multiplier,
 # classes).
 ZOO_CONFIGS = {
@@ -36,13 +38,6 @@ def zoo_config(record: dict) -> str | None:
     return f"experiments/zoo/{name}.yaml" if name else None
 
 
-def _boolean(text: str) -> bool:
-    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
-
-
 def main(args: list[str] | None = None) -> int:
     """``deeplab-lightning convert SOURCE --output FILE.ckpt [--output_stride N] [--overwrite true]``."""
     parser = argparse.ArgumentParser(prog="deeplab-lightning convert", description=__doc__,
@@ -52,7 +47,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--output_stride", type=int, choices=[8, 16, 32], default=None,
                         help="recorded in the checkpoint (default: 16 for TF, the zoo's training stride; 8 for Caffe); "
                              "test --model.output_stride evaluates a TF model at another one")
-    parser.add_argument("--overwrite", type=_boolean, nargs="?", const=True, default=False,
+    parser.add_argument("--overwrite", type=boolean_option, nargs="?", const=True, default=False,
                         help="replace an existing output file (default: refuse); --overwrite alone means true")
     parsed = parser.parse_args(args)
     output = Path(parsed.output)

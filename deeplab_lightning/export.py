@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .console import help_text
+from .console import boolean_option, help_text
 from .evaluation.crf_rnn import TrainableDenseCRF
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
@@ -155,13 +155,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(extra[METADATA_FILE] or "{}")
 
 
-def _boolean(text: str) -> bool:
-    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
-
-
 def main(args: list[str] | None = None) -> int:
     """``deeplab-lightning export --ckpt_path X --format onnx [--output PATH]``."""
     parser = argparse.ArgumentParser(prog="deeplab-lightning export", description=help_text(__doc__),
@@ -169,7 +162,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by deeplab-lightning fit")
     parser.add_argument("--format", choices=list(FORMATS), default="onnx")
     parser.add_argument("--output", help="the file to write (default: beside the checkpoint, <name><suffix>)")
-    parser.add_argument("--overwrite", type=_boolean, nargs="?", const=True, default=False,
+    parser.add_argument("--overwrite", type=boolean_option, nargs="?", const=True, default=False,
                         help="replace an existing output file (default: refuse); --overwrite alone means true")
     parsed = parser.parse_args(args)
     from .predictor import load_module
