@@ -23,6 +23,22 @@ def test_single_scale_without_flip_is_a_plain_forward(model):
         assert torch.allclose(predict_multiscale(model, x, scales=(1.0,), flip=False), expected, atol=1e-6)
 
 
+def test_the_tf_merge_grid_at_scale_one_changes_nothing_on_corner_aligned_sizes(model):
+    """At scale 1 the grid TF merges scales on is the logit grid itself: on a 4k + 1 input (V3+'s logits are at
+    stride 4) passing through it keeps the plain forward's probabilities; at 0.75 (13 logits merged on 17) it does
+    not."""
+    assert model.logit_stride == 4 and create_model("deeplabv3_resnet18", num_classes=4).logit_stride == 16
+    x = torch.randn(1, 3, 65, 81) * 50 + 120
+    with torch.no_grad():
+        plain = model(x).softmax(1)
+        merged = predict_multiscale(model, x, scales=(1.0,), flip=False, align_corners=True, logit_stride=4)
+        sharp = lambda images: 100 * model(images)  # noqa: E731 - an untrained network's scores are nearly flat
+        merged_or_not = [predict_multiscale(sharp, x, scales=(0.75,), flip=False, align_corners=True, logit_stride=stride)
+                for stride in (4, None)]
+    assert torch.allclose(merged, plain, atol=1e-6)
+    assert not torch.allclose(*merged_or_not, atol=1e-4)
+
+
 def test_flip_consistency(model):
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():

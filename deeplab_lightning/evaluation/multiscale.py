@@ -76,12 +76,17 @@ def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.T
 def predict_multiscale(model: Model, images: torch.Tensor,
                        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True, *,
                        window: int | Sequence[int] | None = None, overlap: float = 1 / 3,
-                       align_corners: bool = False) -> torch.Tensor:
+                       align_corners: bool = False, logit_stride: int | None = None) -> torch.Tensor:
     """Softmax probabilities [N,C,H,W] averaged over ``scales`` (and their left-right flips) at the input size.
 
-    Each scaled batch is resized bilinearly (with the network's ``align_corners`` geometry, see
-    :func:`scaled_size`); with ``flip`` the mirrored copy runs in the same forward batch as the original (one
-    forward per scale). With ``window`` each forward is a :func:`sliding_window`.
+    As the TF reference's eval (``predict_labels_multi_scale``): each scale's logits are resized to the input
+    size, then turned into probabilities, which are averaged (V3 section 4.3). Each scaled batch is resized
+    bilinearly (with the network's ``align_corners`` geometry, see :func:`scaled_size`); with ``flip`` the
+    mirrored copy runs in the same forward batch as the original (one forward per scale). With ``window`` each
+    forward is a :func:`sliding_window`. With ``logit_stride`` (the stride of the network's logits before their
+    upsampling; TF geometry, ``align_corners``), each scale's logits first pass through the grid TF merges
+    scales on (``multi_scale_logits``: the logit grid of the image at ``max(1, scale)``), which for scales
+    below 1 differs from resizing them directly.
     ``scales=(1.0,), flip=False`` equals ``softmax(model(images))``.
     """
     if not scales:
@@ -93,10 +98,12 @@ def predict_multiscale(model: Model, images: torch.Tensor,
         x = resize(images, scaled_size((h, w), scale, align_corners), align_corners)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        probs = forward(x).float().softmax(dim=1)
+        logits = forward(x).float()
+        if logit_stride is not None:
+            logits = resize(logits, scaled_size((h, w), max(1.0, scale) / logit_stride, True), True)
+        probs = resize(logits, (h, w), align_corners).softmax(dim=1)
         if flip:
             probs = probs[:n] + probs[n:].flip(-1)
-        probs = resize(probs, (h, w), align_corners)
         total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
 

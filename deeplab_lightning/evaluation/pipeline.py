@@ -203,7 +203,9 @@ class EvaluationPipeline:
         if not settings.averaged:
             return network(images) if window is None else sliding_window(network, images, window, settings.overlap)
         probs = predict_multiscale(network, images, settings.scales, settings.flip, window=window,
-                                   overlap=settings.overlap, align_corners=network.align_corners)
+                                   overlap=settings.overlap, align_corners=network.align_corners,
+                                   logit_stride=getattr(network, "logit_stride", None) if network.align_corners
+                                   else None)
         return probs.clamp_min(1e-12).log()
 
     def _refine(self, image: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,11 @@ class DeepLab(nn.Module):
     def output_stride(self) -> int:
         return self.backbone.output_stride
 
+    @property
+    def logit_stride(self) -> int:
+        """Stride of the logits before their upsampling (the output stride; V3+'s decoder: 4)."""
+        return self.output_stride
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``backbone``: the layers that start from ImageNet weights (the backbone, and the layers of any head
         that declares ``pretrained_parameters()``, V1/V2's fc6/fc7), trained at the base learning rate;
@@ -210,6 +215,10 @@ class DeepLabV3Plus(_ASPPDeepLab):
         self.decoder = Decoder(self.aspp_channels, backbone.feature_info[self.low_level_index].channels,
                                num_classes, low_level_channels=low_level_channels, channels=decoder_channels,
                                separable=self.separable, align_corners=self.align_corners)
+
+    @property
+    def logit_stride(self) -> int:
+        return self.backbone.feature_info[self.low_level_index].stride
 
     def head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(self.aspp(features[-1]), features[self.low_level_index])
