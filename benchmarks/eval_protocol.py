@@ -32,7 +32,7 @@ PAPER_CONFIG = "v3_r101_os16_mg124_voc_513_30k_bs16.yaml"
 
 def run_test(data_dir: Path, images: int, extra: list[str], cpu: bool) -> tuple[float, float]:
     """Seconds of the first (cold) and second (warm) ``test`` over ``images`` images."""
-    from deeplab_lightning.cli import main
+    from deeplab_lightning.commands.cli import main
     from deeplab_lightning.data import generate_toy_voc
 
     size_range = (60, 90) if cpu else (375, 500)

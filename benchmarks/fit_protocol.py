@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     from deeplab_lightning.callbacks import Throughput
-    from deeplab_lightning.cli import main as cli_main
+    from deeplab_lightning.commands.cli import main as cli_main
     from deeplab_lightning.data import generate_toy_voc
 
     size_range = (60, 90) if args.cpu else (375, 500)

@@ -1,3 +1,3 @@
-from .console import console_main
+from .commands import console_main
 
 console_main()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint_io import AtomicCheckpointIO
+from .runs.checkpoints import AtomicCheckpointIO
 from .data.dataset import image_tensor, pad_collate, smallest_eval_size
 from .data.transforms import size_pair
 from .evaluation import CRFSettings, EvaluationPipeline

@@ -7,6 +7,7 @@ number from docs/paper_numbers.yaml) as the Markdown tables in docs/design.md be
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ COLUMNS = {"mIoU": "", "mIoU_os8": " (OS 8)", "mIoU_os16": " (OS 16)", "mIoU_os3
            "mIoU_ms_flip": " (+MS/flip)"}  # an ablation report's columns, as the table names them
 
 
-def published_rows() -> list[dict[str, Any]]:
-    """Every published row of docs/paper_numbers.yaml, its table's keys merged in."""
-    return [{**{k: v for k, v in table.items() if k != "rows"}, **row}
-            for table in yaml.safe_load(NUMBERS.read_text()) for row in table["rows"]]
+@functools.lru_cache(maxsize=1)
+def published_rows() -> tuple[dict[str, Any], ...]:
+    """Every published row of docs/paper_numbers.yaml, its table's keys merged in (read once)."""
+    return tuple({**{k: v for k, v in table.items() if k != "rows"}, **row}
+                 for table in yaml.safe_load(NUMBERS.read_text()) for row in table["rows"])
 
 
 def published(paper: str, table: str, row: str, eval_os: int | None = None) -> dict[str, Any]:

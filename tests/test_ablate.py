@@ -10,7 +10,8 @@ import torch
 import yaml
 from PIL import Image
 
-from deeplab_lightning.ablate import load_ablation, main, plan, run_config, set_dotted
+from deeplab_lightning.ablate import load_ablation, plan, run_config, set_dotted
+from deeplab_lightning.commands.ablate import main
 
 from conftest import REPO
 
@@ -33,7 +34,7 @@ def test_ablation_grid_trains_evaluates_and_writes_the_report(tmp_path, toy_dir,
     # The report's plain mIoU is that of the run's final weights (last.ckpt, as the papers report) at the trained
     # output stride, and "OS8" at the one `evaluate` names, as the command validates them: the run trained at 16
     # is evaluated at 16 and at 8 (its MS/flip and CRF columns at 8).
-    from deeplab_lightning.cli import main as cli_main
+    from deeplab_lightning.commands.cli import main as cli_main
 
     report = json.loads((out / "report.json").read_text())
     assert [r["eval_output_stride"] for r in report] == [8, 8] and "mIoU_os8" not in report[0]
@@ -197,7 +198,7 @@ def test_run_folders_need_no_shell_quoting(tmp_path):
      "grid.model.output_stride is also set by variant(s) v3"),
 ], ids=["yaml", "base", "grid", "evaluate", "set", "variant", "crf", "variant-and-grid"])
 def test_malformed_ablation_files_are_one_line_naming_the_file_and_key(tmp_path, text, named, capsys, monkeypatch):
-    from deeplab_lightning.console import console_main
+    from deeplab_lightning.commands import console_main
 
     path = tmp_path / "bad.yaml"
     path.write_text(text.format(q=REPO / "experiments" / "quickstart.yaml"))
@@ -238,7 +239,7 @@ def test_the_report_marks_runs_whose_numbers_cannot_be_compared_and_hatches_them
 
     from deeplab_lightning.ablate import write_report
     from deeplab_lightning.ablate.report import METRICS
-    from deeplab_lightning.plots import ablation_figure
+    from deeplab_lightning.evaluation.plots import ablation_figure
 
     common = {"params_M": 3.0, "train_img_s": 10.0, "train_img_s_steps": 95, "predicted_classes": 4, "steps": 100}
     rows = [{**common, "run": "one_class", "mIoU": 0.15, "predicted_classes": 1},

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from deeplab_lightning.ablate import load_ablation, main, plan
+from deeplab_lightning.ablate import load_ablation, plan
 from deeplab_lightning.ablate.state import read_json
+from deeplab_lightning.commands.ablate import main
 
 from conftest import REPO
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from deeplab_lightning.ablate import load_ablation, main, plan
+from deeplab_lightning.ablate import load_ablation, plan
 from deeplab_lightning.ablate.statistics import paired, summarize
+from deeplab_lightning.commands.ablate import main
 from deeplab_lightning.evaluation.per_image import bootstrap_delta_interval, bootstrap_interval, read_per_image, split_miou
 
 from conftest import REPO

@@ -3,7 +3,7 @@ import pytest
 import torch
 import yaml
 
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.models import create_model
 from deeplab_lightning.models.backbones.base import PretrainedWeightsUnavailable
 

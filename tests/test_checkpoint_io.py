@@ -7,8 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from deeplab_lightning.checkpoint_io import AtomicCheckpointIO
-from deeplab_lightning.cli import main
+from deeplab_lightning.runs.checkpoints import AtomicCheckpointIO
+from deeplab_lightning.commands.cli import main
 
 from conftest import REPO
 

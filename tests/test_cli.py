@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from deeplab_lightning.callbacks import ScheduleCheck
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.evaluation import Inference
 from deeplab_lightning.module import SegmentationModule
 
@@ -57,7 +57,7 @@ def test_every_fit_ends_with_a_validation_of_its_final_weights_and_names_its_out
     assert f"best checkpoint: {tmp_path / 'ckpt' / 'best.ckpt'} (val/mIoU" in out
     # The printed test command uses the run's own config (with the command line's overrides) and a command name
     # that runs without activating the environment; it works as printed.
-    from deeplab_lightning.cli import command_name
+    from deeplab_lightning.commands.cli import command_name
 
     saved, best_path = tmp_path / "config.yaml", tmp_path / "ckpt" / "best.ckpt"
     assert f"Test it: {command_name()} test --config {saved} --ckpt_path {best_path}" in out
@@ -94,7 +94,7 @@ def test_unknown_model_name_fails_at_parse_time_with_the_list(tmp_path, toy_dir,
 
 def test_console_entry_points_answer_help_and_version():
     from deeplab_lightning import __version__
-    from deeplab_lightning.console import SUBCOMMANDS
+    from deeplab_lightning.commands import SUBCOMMANDS
 
     script = Path(sys.executable).parent / "deeplab-lightning"  # installed beside this Python
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
@@ -121,7 +121,7 @@ def test_check_data_summarises_splits_and_lists_problems(tmp_path, toy_dir, toy_
 
     from rich.console import Console
 
-    from deeplab_lightning.check_data import check_data
+    from deeplab_lightning.commands.check_data import check_data
     from deeplab_lightning.data import ToyVOCDataModule
 
     broken = tmp_path / "broken"
@@ -289,7 +289,7 @@ def test_the_data_modules_ignore_label_reaches_loss_metrics_and_padding(tmp_path
 def test_bf16_on_a_cpu_without_native_bf16_is_named_with_the_fix(tmp_path, toy_dir, toy_settings, write_config,
                                                                  recwarn):
     """A paper config (bf16-mixed) on such a CPU would run emulated bf16, about 20x slower: one warning says so."""
-    from deeplab_lightning.cli import cpu_has_native_bf16
+    from deeplab_lightning.commands.cli import cpu_has_native_bf16
 
     config = write_config(tmp_path, toy_dir, toy_settings)
     main(["validate", "--config", str(config), "--trainer.precision", "bf16-mixed", "--trainer.limit_val_batches",

@@ -25,7 +25,7 @@ def test_a_changed_or_missing_private_method_is_named_with_the_lightning_version
     assert f"Lightning {L.__version__}" in message
     assert "RichProgressBar._get_train_description takes (epoch, extra), not (current_epoch)" in message
     assert "LightningCLI._parse_ckpt_path is gone" in message
-    from deeplab_lightning.cli import main
+    from deeplab_lightning.commands.cli import main
 
     with pytest.raises(compat.PrivateAPIChanged):  # the command checks before it starts anything
         main(["fit", "--help"])

@@ -4,12 +4,12 @@ import lightning as L
 import pytest
 import torch
 
-from deeplab_lightning.cli import main as cli_main
+from deeplab_lightning.commands.cli import main as cli_main
 from deeplab_lightning.evaluation.crf import dense_crf
 from deeplab_lightning.evaluation.crf_rnn import TrainableDenseCRF, WithCRF
 from deeplab_lightning.data import ToyVOCDataModule
 from deeplab_lightning.evaluation import CRFSettings
-from deeplab_lightning.export import export_network
+from deeplab_lightning.commands.export import export_network
 from deeplab_lightning.module import SegmentationModule
 from deeplab_lightning.predictor import load_module
 

@@ -8,7 +8,7 @@ import sys
 import torch
 import yaml
 
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.data import generate_toy_voc
 
 

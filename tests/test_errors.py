@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deeplab_lightning.console import console_main
+from deeplab_lightning.commands import console_main
 from deeplab_lightning.data.dataset import read_image
-from deeplab_lightning.errors import nearest_options
+from deeplab_lightning.commands.errors import nearest_options
 
 CONFIG = str(Path(__file__).parents[1] / "experiments" / "quickstart.yaml")
 
@@ -58,14 +58,14 @@ def test_a_bug_keeps_its_traceback_even_as_a_value_error(tmp_path, monkeypatch, 
     error in the same command stays one line."""
     import torch
 
-    import deeplab_lightning.check_data
+    import deeplab_lightning.commands.check_data
 
     config = str(write_config(tmp_path, toy_dir, toy_settings))
     monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
     planted = {"torch": lambda: torch.nn.functional.interpolate(torch.zeros(1, 1, 2, 2), size=(1,)),
                "division": lambda: 1 / 0}
     for bug, expected in (("torch", ValueError), ("division", ZeroDivisionError)):
-        monkeypatch.setattr(deeplab_lightning.check_data, "check_data", lambda *args, bug=bug: planted[bug]())
+        monkeypatch.setattr(deeplab_lightning.commands.check_data, "check_data", lambda *args, bug=bug: planted[bug]())
         monkeypatch.setattr(sys, "argv", ["deeplab-lightning", "check-data", "--config", config])
         with pytest.raises(expected) as raised:
             console_main()
@@ -73,7 +73,7 @@ def test_a_bug_keeps_its_traceback_even_as_a_value_error(tmp_path, monkeypatch, 
         assert frames[-1].filename.endswith(("torch/nn/functional.py", "test_errors.py")), frames[-1]
         assert "error:" not in capsys.readouterr().err
     missing = tmp_path / "missing"  # the package's own ValueError, raised for the user: one line
-    monkeypatch.setattr(deeplab_lightning.check_data, "check_data", lambda *args: read_image(missing))
+    monkeypatch.setattr(deeplab_lightning.commands.check_data, "check_data", lambda *args: read_image(missing))
     assert command(monkeypatch, "check-data", "--config", config) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"deeplab-lightning check-data: error: Image {missing} does not")
@@ -85,7 +85,7 @@ def test_a_data_loader_worker_error_is_one_line_when_the_package_raised_it(tmp_p
     reported as its own one line, a bug in the worker keeps the traceback."""
     import torch
 
-    import deeplab_lightning.check_data
+    import deeplab_lightning.commands.check_data
 
     class Reading(torch.utils.data.Dataset):
         def __init__(self, read):
@@ -106,12 +106,12 @@ def test_a_data_loader_worker_error_is_one_line_when_the_package_raised_it(tmp_p
 
     config = str(write_config(tmp_path, toy_dir, toy_settings))
     monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
-    monkeypatch.setattr(deeplab_lightning.check_data, "check_data", load_in_a_worker(user_error))
+    monkeypatch.setattr(deeplab_lightning.commands.check_data, "check_data", load_in_a_worker(user_error))
     assert command(monkeypatch, "check-data", "--config", config) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"deeplab-lightning check-data: error: Image {missing} does not exist; check the path  "
                      f"[DEEPLAB_TRACEBACK=1 shows the traceback]"], lines
-    monkeypatch.setattr(deeplab_lightning.check_data, "check_data", load_in_a_worker(bug))
+    monkeypatch.setattr(deeplab_lightning.commands.check_data, "check_data", load_in_a_worker(bug))
     monkeypatch.setattr(sys, "argv", ["deeplab-lightning", "check-data", "--config", config])
     with pytest.raises(ValueError, match=r"Caught ValueError in DataLoader worker process 0(.|\n)*reshape"):
         console_main()

@@ -1,5 +1,5 @@
 """An experiment YAML holds only its recipe: run folder, wandb name and the standard callbacks come from the
-command (deeplab_lightning.experiment)."""
+command (deeplab_lightning.commands.experiment)."""
 from pathlib import Path
 
 import yaml
@@ -8,8 +8,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from deeplab_lightning.callbacks import IoUTable, PerImageConfusion, ProgressBar, WandbReport
-from deeplab_lightning.cli import main
-from deeplab_lightning.experiment import derive_run_paths, standard_callbacks
+from deeplab_lightning.commands.cli import main
+from deeplab_lightning.commands.experiment import derive_run_paths, standard_callbacks
 
 
 def wandb_config(config_files, **trainer):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 
 from conftest import REPO
 

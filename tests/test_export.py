@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from deeplab_lightning import load
-from deeplab_lightning.cli import main as cli_main
+from deeplab_lightning.commands.cli import main as cli_main
 from deeplab_lightning.data import ToyVOCDataModule
-from deeplab_lightning.export import FORMATS, export_network, main as export_main, read_metadata
+from deeplab_lightning.commands.export import FORMATS, export_network, main as export_main, read_metadata
 from deeplab_lightning.models import create_model
 
 SIZES = [(1, 97, 75), (3, 64, 130)]  # batch, height, width: none of them the traced example's

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from deeplab_lightning.cli import PREEMPTED_EXIT_CODE, main
+from deeplab_lightning.commands.cli import PREEMPTED_EXIT_CODE, main
 
 from conftest import REPO
 
@@ -106,7 +106,7 @@ def test_two_fits_of_one_config_started_together_keep_both_runs(tmp_path, toy_di
 
 
 def test_continuing_a_run_that_is_still_being_written_is_refused(tmp_path, toy_dir, toy_settings, write_config):
-    from deeplab_lightning.run_folder import RunFolderBusy
+    from deeplab_lightning.runs.folder import RunFolderBusy
 
     config = write_config(tmp_path / "run", toy_dir, toy_settings)
     main(["fit", "--config", str(config)])

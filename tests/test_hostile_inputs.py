@@ -19,7 +19,7 @@ import simplejpeg
 import torch
 from PIL import Image, ImageFile
 
-from deeplab_lightning.console import console_main
+from deeplab_lightning.commands import console_main
 from deeplab_lightning.data import ImageFolderDataModule, ToyVOCDataModule
 from deeplab_lightning.data.cache import IMAGES, INDEX, LABELS, write_split
 from deeplab_lightning.data.dataset import image_tensor
@@ -124,7 +124,7 @@ def test_training_evaluation_predict_and_check_data_name_the_huge_image(tmp_path
                                                                         monkeypatch, capsys):
     """The dataset item (training, evaluation), a data-loader worker (one line through the command's error
     handler), the predict loader and the Python API refuse the image naming it; check-data lists it as a problem."""
-    from deeplab_lightning.errors import reporting_user_errors
+    from deeplab_lightning.commands.errors import reporting_user_errors
 
     root = tmp_path / "voc"
     shutil.copytree(toy_dir, root)
@@ -249,8 +249,8 @@ def test_a_cut_short_cache_index_names_the_file_and_the_command_that_rebuilds_it
                                                                                 capsys):
     from rich.console import Console
 
-    from deeplab_lightning.cache_data import cache_splits
-    from deeplab_lightning.errors import reporting_user_errors
+    from deeplab_lightning.commands.cache import cache_splits
+    from deeplab_lightning.commands.errors import reporting_user_errors
 
     dm = ToyVOCDataModule(str(toy_dir), **toy_settings, cache_dir=str(tmp_path / "decoded"), num_workers=0)
     assert not write_split(dm.dataset("val", cached=False), dm.decoded_dir("val"))[1]

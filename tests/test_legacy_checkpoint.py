@@ -50,8 +50,8 @@ class RunsCode:
 
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere_as_unsafe(legacy_checkpoint, tmp_path, write_config,
                                                                          toy_dir, toy_settings):
-    from deeplab_lightning.cli import main as cli_main
-    from deeplab_lightning.export import main as export_main
+    from deeplab_lightning.commands.cli import main as cli_main
+    from deeplab_lightning.commands.export import main as export_main
 
     mark = tmp_path / "MARK"
     checkpoint = torch.load(legacy_checkpoint, map_location="cpu", weights_only=True)

@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from deeplab_lightning import load
-from deeplab_lightning.cli import main as cli_main
-from deeplab_lightning.console import console_main
+from deeplab_lightning.commands.cli import main as cli_main
+from deeplab_lightning.commands import console_main
 from deeplab_lightning.evaluation.multiscale import predict_multiscale, scaled_size
 from deeplab_lightning.official import convert_tf
 from deeplab_lightning.official.caffe_deeplab import build as caffe_build
@@ -46,7 +46,7 @@ def command(monkeypatch, *args) -> int:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """The MobileNetV2 x0.5 golden checkpoint converted by the command line, as a user converts a zoo download."""
-    from deeplab_lightning.convert import main
+    from deeplab_lightning.commands.convert import main
 
     path = tmp_path_factory.mktemp("zoo") / "mobilenetv2_dm05_coco_voc_trainaug.ckpt"
     assert main([str(GOLDEN / "model.ckpt"), "--output", str(path)]) == 0
@@ -109,7 +109,7 @@ def test_validate_test_predict_export_and_init_checkpoint_accept_it(converted, t
     cli_main(["predict", *_zoo_args(name, tiny_voc, f"--ckpt_path={converted}", f"--output_dir={tmp_path / 'pred'}")])
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.png") if "overlay" not in p.name) == [
         "2007_000001.png", "2007_000002.png"]
-    from deeplab_lightning.export import main as export_main
+    from deeplab_lightning.commands.export import main as export_main
 
     exported = tmp_path / "net.pt"  # TorchScript, the fastest to write; torch.export of TF's padding: test_official_tf
     assert export_main(["--ckpt_path", str(converted), "--format", "torchscript", "--output", str(exported)]) == 0

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.data import FolderDataModule
 from deeplab_lightning.data.toy import write_toy_folder
 
@@ -58,7 +58,7 @@ def test_folder_data_module_names_what_is_missing(tmp_path, own_data):
 
     from rich.console import Console
 
-    from deeplab_lightning.check_data import check_data
+    from deeplab_lightning.commands.check_data import check_data
 
     size = Image.open(broken / "images" / "val" / "val_0002.jpg").size  # a paired mask's bad label: still found
     Image.fromarray(np.full(size[::-1], 7, np.uint8)).save(broken / "masks" / "val" / "val_0002.png")
@@ -115,7 +115,7 @@ def test_binary_masks_saved_as_0_and_255_are_refused_with_the_fix(tmp_path):
 
     from rich.console import Console
 
-    from deeplab_lightning.check_data import check_data
+    from deeplab_lightning.commands.check_data import check_data
 
     for split in ("train", "val"):
         (tmp_path / "images" / split).mkdir(parents=True)
@@ -147,7 +147,7 @@ def test_check_data_names_a_class_without_pixels_and_a_mostly_ignored_split(tmp_
 
     from rich.console import Console
 
-    from deeplab_lightning.check_data import check_data
+    from deeplab_lightning.commands.check_data import check_data
 
     (tmp_path / "images" / "train").mkdir(parents=True)
     (tmp_path / "masks" / "train").mkdir(parents=True)
@@ -193,7 +193,7 @@ def _command(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """``deeplab-lightning ARGS`` as the console script runs it: its exit status and its output."""
     import sys
 
-    from deeplab_lightning.console import console_main
+    from deeplab_lightning.commands import console_main
 
     monkeypatch.setattr(sys, "argv", ["deeplab-lightning", *args])
     with pytest.raises(SystemExit) as exit_info:
@@ -259,7 +259,7 @@ def test_rgb_masks_are_one_line_per_split_with_the_conversion_that_maps_them(tmp
 
     from rich.console import Console
 
-    from deeplab_lightning.check_data import check_data
+    from deeplab_lightning.commands.check_data import check_data
 
     plain = _folder(tmp_path / "plain", rgb=True)  # classes without a palette: how to save indices or add one
     screen = io.StringIO()

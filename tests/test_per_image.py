@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from deeplab_lightning.callbacks.per_image import image_confusion_matrices, publish
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.data import TOY_CLASSES, generate_toy_voc
 from deeplab_lightning.evaluation import SegmentationMetrics
 from deeplab_lightning.evaluation.per_image import (

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deeplab_lightning.callbacks import PolyLR, ProgressBar
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.data import TOY_CLASSES, ToyVOCDataModule
 from deeplab_lightning.module import SegmentationModule
 
@@ -238,7 +238,7 @@ def test_a_second_predict_into_a_folder_being_written_is_refused(tmp_path):
     import sys
 
     from deeplab_lightning.callbacks import SegmentationWriter
-    from deeplab_lightning.run_folder import RunFolderBusy
+    from deeplab_lightning.runs.folder import RunFolderBusy
 
     out = tmp_path / "p"
     out.mkdir()

@@ -1,15 +1,18 @@
 """A fit never writes into another run's folder; evaluation never rewrites a run's files."""
+import hashlib
 from pathlib import Path
 
 import pytest
 from jsonargparse import Namespace
 
-from deeplab_lightning.cli import main
-from deeplab_lightning.run_folder import claim_run_folder, continues_run, release_run_folder, relocate
+from deeplab_lightning.commands.cli import main
+from deeplab_lightning.runs.folder import claim_run_folder, continues_run, release_run_folder, relocate
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def _files(folder: Path) -> dict[str, str]:
+    """Each file under ``folder`` with the SHA-256 of its bytes (a digest: a failure report stays short)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_a_second_fit_of_one_config_gets_a_new_folder_and_evaluation_writes_nothing(
@@ -25,7 +28,10 @@ def test_a_second_fit_of_one_config_gets_a_new_folder_and_evaluation_writes_noth
     assert second.run_dir == tmp_path / "run-2" and second.trainer.global_step == 1
     assert (tmp_path / "run-2" / "ckpt" / "last.ckpt").is_file()  # every output path followed the folder
     main(["validate", "--config", str(config), "--ckpt_path", str(tmp_path / "run" / "ckpt" / "best.ckpt")])
-    assert _files(tmp_path / "run") == before  # the first run is untouched: no config or run info rewritten
+    after = _files(tmp_path / "run")
+    assert {name: after.get(name) for name in before} == before  # no config, run info or checkpoint rewritten
+    added = set(after) - set(before)  # only the evaluation's own per-image matrices and worst-image gallery
+    assert added == {"evaluations/val_step2.npz", "evaluations/val_step2_worst.png"}, added
 
     with pytest.raises(ValueError, match=r"data.batch_size=2 but this fit has 4; resume with "
                                          r"--data.init_args.batch_size 2"):
@@ -67,7 +73,7 @@ def _race_for(lock: Path, barrier, tried, wins) -> None:
     """One of the racing processes: take ``lock`` at the barrier's release, hold it until every racer tried."""
     import os
 
-    from deeplab_lightning.run_folder import RunFolderBusy, release_lock, take_lock
+    from deeplab_lightning.runs.folder import RunFolderBusy, release_lock, take_lock
 
     barrier.wait()
     try:

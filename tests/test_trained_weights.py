@@ -8,7 +8,7 @@ import torch
 import yaml
 from torch import nn
 
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 from deeplab_lightning.models import create_model
 from deeplab_lightning.models.backbones.base import PretrainedWeightsUnavailable
 from deeplab_lightning.models.convert import TORCHVISION_WEIGHTS

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from deeplab_lightning.cli import main
+from deeplab_lightning.commands.cli import main
 
 
 

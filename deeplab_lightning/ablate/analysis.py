@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.per_image import per_image_miou, ranked, read_per_image
-from ..run_folder import write_text_atomic
+from ..runs.folder import write_text_atomic
 from .spec import PlannedRun, folder_name
 
 FOLDER = "analysis"

@@ -78,7 +78,7 @@ def boundary_fields(boundary: Any, suffix: str = "") -> dict[str, Any]:
 def train_and_evaluate(ablation: Ablation, config_path: Path, resume: Path | None = None) -> dict[str, Any]:
     """Fit one run through the command line (continuing from checkpoint ``resume``), then evaluate its final
     weights on this process's device alone; returns the report row's measurements."""
-    from ..cli import main
+    from ..commands.cli import main
 
     cli = main(["fit", "--config", str(config_path), *(["--ckpt_path", str(resume)] if resume else [])])
     if torch.distributed.is_initialized():  # the other DDP ranks have ended: evaluate here alone

@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
-from ..plots import ablation_figure, trimap_figure
-from ..run_folder import write_text_atomic
+from ..evaluation.plots import ablation_figure, trimap_figure
+from ..runs.folder import write_text_atomic
 
 MIN_THROUGHPUT_STEPS = 50  # fewer measured training steps than this: images/s are too noisy to compare runs
 # mIoU at the trained output stride; at the one `evaluate: {output_stride}` names; then the others, at that one.

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..cli import PREEMPTED_EXIT_CODE
-from ..run_folder import ENV_OWNED_RUN_DIR, lock_owner, release_lock, take_lock
+from ..commands.cli import PREEMPTED_EXIT_CODE
+from ..runs.folder import ENV_OWNED_RUN_DIR, lock_owner, release_lock, take_lock
 from .evaluate import train_and_evaluate
 from .spec import Ablation, PlannedRun
 from .state import (ATTEMPT, CONFIG, EARLIER, LOCK, RESULT, archive_earlier, end_attempt, finished_row, read_json,
@@ -48,7 +48,7 @@ def _environ(**values: str) -> Iterator[None]:
 def _worker_fit(run_dir: Path) -> None:
     """A DDP rank > 0 that ``srun`` started: train with the checkpoint rank 0 chose, read from the attempt it
     records for this SLURM job and restart."""
-    from ..cli import main as cli_main
+    from ..commands.cli import main as cli_main
 
     deadline = time.monotonic() + WORKER_WAIT_S
     job = os.environ.get("SLURM_JOB_ID")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..run_folder import unused_path
+from ..runs.folder import unused_path
 from .spec import Ablation
 from .state import ENV_LOG
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..run_folder import stale_lock, write_text_atomic
+from ..runs.folder import stale_lock, write_text_atomic
 from .spec import STATUS_FILE
 
 CONFIG, RESULT, ATTEMPT, LOCK, EARLIER = "run.yaml", "result.json", "attempt.json", "ablation.lock", "earlier"

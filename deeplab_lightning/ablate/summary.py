@@ -35,7 +35,7 @@ def log_summary(ablation: Ablation, rows: list[dict[str, Any]], figure: Path | N
         return None
     import wandb
 
-    from ..cli import default_wandb_mode
+    from ..commands.cli import default_wandb_mode
 
     default_wandb_mode()
     columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if k not in ("evaluate", "checkpoint")))

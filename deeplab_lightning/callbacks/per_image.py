@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..data.classes import voc_palette
 from ..evaluation.per_image import per_image_miou
-from ..gallery import GalleryImage, gallery_figure, save_gallery, thumbnail, worst_images
-from ..run_folder import numbered_candidates
+from ..evaluation.gallery import GalleryImage, gallery_figure, save_gallery, thumbnail, worst_images
+from ..runs.folder import numbered_candidates
 
 STAGES = ("fit", "validate", "test")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-from ..run_folder import write_text_atomic
+from ..runs.folder import write_text_atomic
 
 
 class RunStatus(L.Callback):

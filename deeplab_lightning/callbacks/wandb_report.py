@@ -8,7 +8,7 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from ..evaluation.boundaries import TRIMAP_SEEDS
-from ..plots import confusion_matrix_figure
+from ..evaluation.plots import confusion_matrix_figure
 
 
 def _pad_to_common_size(samples: list[tuple[Any, ...]], ignore_index: int) -> list[tuple[Any, ...]]:

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 
 from ..data.classes import flat_palette, voc_palette
-from ..run_folder import release_lock, take_lock
+from ..runs.folder import release_lock, take_lock
 
 
 def save_whole(image: Image.Image, path: Path, **options: Any) -> None:

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import Progress
 
-from ..processes import process_alive
+from ..runs.processes import process_alive
 from .classes import flat_palette, voc_palette
 from .voc import VOCDataModule
 

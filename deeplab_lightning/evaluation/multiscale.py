@@ -49,8 +49,8 @@ def sliding_window(model: Model, images: torch.Tensor, window: int | Sequence[in
             crop = images[:, :, top:top + wh, left:left + ww]
             logits = model(crop)
             if total is None:
-                total = logits.new_zeros(n, logits.shape[1], h, w, dtype=torch.promote_types(logits.dtype,
-                                                                                            torch.float32))
+                dtype = torch.promote_types(logits.dtype, torch.float32)
+                total = logits.new_zeros(n, logits.shape[1], h, w, dtype=dtype)
             total[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] += logits
             count[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] += 1
     return total / count

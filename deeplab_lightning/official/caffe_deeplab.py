@@ -12,7 +12,6 @@ converted by DrSleep/tensorflow-deeplab-resnet and kazuto1011/deeplab-pytorch): 
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np

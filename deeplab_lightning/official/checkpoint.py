@@ -17,7 +17,7 @@ from typing import Any
 import lightning
 import torch
 
-from ..checkpoint_io import AtomicCheckpointIO
+from ..runs.checkpoints import AtomicCheckpointIO
 from ..data.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES, voc_palette
 from ..models import architectures_only
 from . import caffe_deeplab, tf_deeplab

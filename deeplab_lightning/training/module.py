@@ -22,7 +22,7 @@ from ..evaluation import (BoundarySettings, EvaluationPipeline, EvaluationResult
                           msc_max_fusion)
 from ..evaluation.pipeline import PredictedLabels, per_image
 from ..models import ModelName, convert_sync_batchnorm
-from ..run_info import run_info
+from ..runs.info import run_info
 from .loss import SegmentationLoss
 from .network import build_network, frozen_batch_norms, numeric_model_kwargs
 from .nonfinite import NonFiniteGuard

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..checkpoint_io import AtomicCheckpointIO
+from ..runs.checkpoints import AtomicCheckpointIO
 from ..evaluation.crf import CRFSettings
 from ..evaluation.crf_rnn import TrainableDenseCRF, WithCRF
 from ..models import create_model

@@ -19,11 +19,11 @@ from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
-from .console import data_command_parser
-from .data.base import SegmentationDataModule
-from .data.colour_masks import colour_mask_problem, is_colour_mask
-from .data.dataset import SegmentationDataset
-from .data.folder import binary_mask_problem
+from .options import data_command_parser
+from ..data.base import SegmentationDataModule
+from ..data.colour_masks import colour_mask_problem, is_colour_mask
+from ..data.dataset import SegmentationDataset
+from ..data.folder import binary_mask_problem
 
 
 def class_pixel_counts(dataset: SegmentationDataset, description: str = "") -> tuple[torch.Tensor, int, list[str]]:

@@ -1,13 +1,11 @@
-"""The ``deeplab-lightning`` console script: LightningCLI's subcommands, ``check-data``, ``cache``, ``ablate``,
-``export`` and ``convert``."""
+"""The ``deeplab-lightning`` console script: LightningCLI's subcommands (:mod:`.cli`), ``check-data``, ``cache``,
+``ablate``, ``export`` and ``convert``, one module each. This dispatcher imports them when called; they import
+their shared option helpers from :mod:`.options`, never from here."""
 from __future__ import annotations
 
-import argparse
-import re
 import sys
-from typing import Any
 
-from . import __version__
+from .. import __version__
 
 SUBCOMMANDS = {
     "fit": "train a model: deeplab-lightning fit --config experiments/<experiment>.yaml",
@@ -20,40 +18,6 @@ SUBCOMMANDS = {
     "export": "write a checkpoint's network as ONNX, TorchScript or a torch.export program",
     "convert": "an official DeepLab checkpoint (TF model zoo, released Caffe model) as a project checkpoint",
 }
-
-
-def boolean_option(text: str) -> bool:
-    """An option's true/false value as the subcommands spell it (``--overwrite true``, ``yes``, ``1`` ...)."""
-    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
-
-
-def help_text(doc: str) -> str:
-    """A module docstring as a terminal shows it: ``code`` and Sphinx roles (:mod:`.local`) as plain text."""
-    doc = re.sub(r":\w+:`~?\.*([^`]+)`", r"\1", doc)
-    return doc.replace("``", "")
-
-
-def data_command_parser(prog: str, doc: str) -> Any:
-    """The parser of a command that reads a config's ``data`` section (check-data, cache): ``--config`` and
-    ``--data``, the config's other sections accepted and left out of ``--help``; errors as the other commands
-    give them. ``doc``'s prose paragraphs are the description (its indented usage lines are left out)."""
-    from argparse import SUPPRESS
-
-    from jsonargparse import ActionConfigFile
-
-    from .data.base import SegmentationDataModule
-    from .errors import ConciseArgumentParser
-
-    prose = [p for p in doc.strip().split("\n\n") if not p.startswith(" ")]
-    parser = ConciseArgumentParser(prog=prog, description=help_text(" ".join(prose)))
-    parser.add_argument("--config", action=ActionConfigFile, help="an experiment config (its data section is read)")
-    parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
-    for ignored in ("trainer", "model", "seed_everything", "ckpt_path"):  # the config's other sections
-        parser.add_argument(f"--{ignored}", type=object, default=None, help=SUPPRESS)
-    return parser
 
 
 def usage() -> str:
@@ -89,7 +53,7 @@ def _dispatch(command: str, args: list[str]) -> int:
 
         return check_data_main(args)
     if command == "cache":
-        from .cache_data import main as cache_main
+        from .cache import main as cache_main
 
         return cache_main(args)
     if command == "ablate":

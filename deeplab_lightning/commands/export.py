@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .console import boolean_option, help_text
-from .evaluation.crf_rnn import TrainableDenseCRF
+from .options import boolean_option, help_text
+from ..evaluation.crf_rnn import TrainableDenseCRF
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 METADATA_FILE = "deeplab_lightning.json"
@@ -165,7 +165,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", type=boolean_option, nargs="?", const=True, default=False,
                         help="replace an existing output file (default: refuse); --overwrite alone means true")
     parsed = parser.parse_args(args)
-    from .predictor import load_module
+    from ..predictor import load_module
 
     ckpt = Path(parsed.ckpt_path)
     output = Path(parsed.output) if parsed.output else ckpt.with_suffix(FORMATS[parsed.format])

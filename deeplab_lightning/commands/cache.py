@@ -17,9 +17,9 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .console import data_command_parser
-from .data.base import SegmentationDataModule
-from .data.cache import is_current, write_split
+from .options import data_command_parser
+from ..data.base import SegmentationDataModule
+from ..data.cache import is_current, write_split
 
 
 def _size(size: int) -> str:

@@ -23,7 +23,7 @@ import os
 import warnings
 from typing import Any
 
-from .compat import wandb_init_kwargs
+from ..compat import wandb_init_kwargs
 
 NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Seed set to ")
 

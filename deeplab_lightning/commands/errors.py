@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from .models.backbones.base import PretrainedWeightsUnavailable
-from .run_folder import RunFolderBusy
+from ..models.backbones.base import PretrainedWeightsUnavailable
+from ..runs.folder import RunFolderBusy
 
 TRACEBACK_VARIABLE = "DEEPLAB_TRACEBACK"
 PACKAGE_DIR = Path(__file__).resolve().parent

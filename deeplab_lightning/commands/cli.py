@@ -17,19 +17,19 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from rich.console import Console
 
-from .callbacks import (CurrentLastCheckpoint, FinalValidation, NetworkSummary, PreemptionCheckpoint, ScheduleCheck,
-                        SegmentationWriter)
-from .checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
-from .compat import check_private_api
-from .data.base import SegmentationDataModule
+from ..callbacks import (CurrentLastCheckpoint, FinalValidation, NetworkSummary, PreemptionCheckpoint,
+                         ScheduleCheck, SegmentationWriter)
+from ..runs.checkpoints import AtomicCheckpointIO, install_atomic_checkpoint_io
+from ..compat import check_private_api
+from ..data.base import SegmentationDataModule
 from .errors import ConciseArgumentParser
 from .experiment import derive_run_paths, standard_callbacks, test_on_validation_split
-from .training import SegmentationModule
-from .training.module import WANDB_RUN_ID
+from ..training import SegmentationModule
+from ..training.module import WANDB_RUN_ID
 from .quiet import drop_wandb_anonymous, silence_third_party_noise
-from .run_folder import (ENV_RUN_DIR, claim_run_folder, latest_last_checkpoint, relocate, release_run_folder,
-                         remove_if_empty, unused_path)
-from .run_info import run_info
+from ..runs.folder import (ENV_RUN_DIR, claim_run_folder, latest_last_checkpoint, relocate, release_run_folder,
+                           remove_if_empty, unused_path)
+from ..runs.info import run_info
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
@@ -152,12 +152,12 @@ class DeepLabCLI(LightningCLI):
     architecture or number of classes is refused by ``SegmentationModule.on_load_checkpoint``.
 
     The run folder and wandb name come from the experiment file's name, and the standard callbacks are added
-    unless configured (:mod:`deeplab_lightning.experiment`). A fit claims its run folder
-    (:mod:`deeplab_lightning.run_folder`: a new ``<folder>-N`` when the configured
+    unless configured (:mod:`deeplab_lightning.commands.experiment`). A fit claims its run folder
+    (:mod:`deeplab_lightning.runs.folder`: a new ``<folder>-N`` when the configured
     one holds another run), saves ``last.ckpt`` and exits with status 143 when SIGTERM stops it
     (:class:`~deeplab_lightning.callbacks.PreemptionCheckpoint`), and warns at its start when nothing schedules
     the learning rate (:class:`~deeplab_lightning.callbacks.ScheduleCheck`). Checkpoints are written atomically
-    (:class:`~deeplab_lightning.checkpoint_io.AtomicCheckpointIO`) whatever ``trainer.plugins`` holds;
+    (:class:`~deeplab_lightning.runs.checkpoints.AtomicCheckpointIO`) whatever ``trainer.plugins`` holds;
     ``predict`` writes PNGs (a :class:`~deeplab_lightning.callbacks.SegmentationWriter` unless one is set).
     """
 
@@ -334,7 +334,7 @@ def main(args: list[str] | None = None) -> DeepLabCLI:
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_callback=SaveRunConfig,
-            trainer_defaults={"enable_model_summary": False},  # NetworkSummary instead (see quiet.py)
+            trainer_defaults={"enable_model_summary": False},  # NetworkSummary instead (see .quiet)
             parser_kwargs={"allow_abbrev": False,  # a misspelt key is an error, never a prefix match
                            "prog": "deeplab-lightning"},  # also under python -m deeplab_lightning
             parser_class=ConciseArgumentParser,

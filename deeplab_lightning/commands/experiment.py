@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from .callbacks import IoUTable, PerImageConfusion, ProgressBar, Throughput, WandbReport
+from ..callbacks import IoUTable, PerImageConfusion, ProgressBar, Throughput, WandbReport
 
 RUNS_ROOT = Path("runs")
 

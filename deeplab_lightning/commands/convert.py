@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .console import boolean_option
+from .options import boolean_option
 
 # The experiment config that evaluates a converted model as its source published it, by (model, depth multiplier,
 # classes).
@@ -55,8 +55,8 @@ def main(args: list[str] | None = None) -> int:
         parser.error(f"--output {output}: a project checkpoint is named *.ckpt; name it {output.with_suffix('.ckpt')}")
     if output.exists() and not parsed.overwrite:
         raise FileExistsError(f"--output {output} exists; choose another file or pass --overwrite true")
-    from .official import CONVERTED_FROM, convert_checkpoint
-    from .checkpoint_io import AtomicCheckpointIO
+    from ..official import CONVERTED_FROM, convert_checkpoint
+    from ..runs.checkpoints import AtomicCheckpointIO
 
     path = convert_checkpoint(parsed.source, output, output_stride=parsed.output_stride, overwrite=parsed.overwrite)
     record = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu", mmap=True)[CONVERTED_FROM]
