@@ -20,7 +20,7 @@ from ..models.backbones.base import PretrainedWeightsUnavailable
 from ..runs.folder import RunFolderBusy
 
 TRACEBACK_VARIABLE = "DEEPLAB_TRACEBACK"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # deeplab_lightning/
 # The project's own errors: always the user's data, files, settings or machine, named with the fix.
 PROJECT_ERRORS: tuple[type[BaseException], ...] = (PretrainedWeightsUnavailable, RunFolderBusy)
 # The kinds a user error may have. A ValueError or OSError is the user's only where a `raise` statement of this

@@ -54,7 +54,7 @@ def silence_third_party_noise() -> None:
 def _own_warnings_plain(default: Any) -> Any:
     """``warnings.formatwarning`` that prints this package's own warnings as ``warning: <message>`` (they name
     what to do; the source line of the warn call means nothing to a user), others as ``default`` does."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # deeplab_lightning/
 
     def formatwarning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202 - warnings' API
         if os.path.abspath(filename).startswith(package + os.sep):
