@@ -116,3 +116,20 @@ def test_a_data_loader_worker_error_is_one_line_when_the_package_raised_it(tmp_p
     with pytest.raises(ValueError, match=r"Caught ValueError in DataLoader worker process 0(.|\n)*reshape"):
         console_main()
     assert "error:" not in capsys.readouterr().err
+
+
+def test_a_slurm_submission_without_sbatch_is_one_line_with_the_way_out(tmp_path, monkeypatch, capsys, toy_dir,
+                                                                       toy_settings, write_config):
+    """``ablate FILE --slurm`` on a machine without SLURM: the scripts are written, the submission is one line
+    naming sbatch and --no_submit (not a traceback)."""
+    base = write_config(tmp_path / "base", toy_dir, toy_settings)
+    ablation = tmp_path / "grid.yaml"
+    ablation.write_text(f"base: {base}\noutput_dir: {tmp_path / 'out'}\ngrid: {{model.output_stride: [16, 8]}}\n")
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch on it
+    monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
+    assert command(monkeypatch, "ablate", str(ablation), "--slurm", "--no_estimate") == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("deeplab-lightning ablate: error: sbatch is not installed here") and \
+        "--no_submit" in lines[-1], lines
+    assert list((tmp_path / "out" / "slurm").glob("*.sbatch"))  # what it could do, it did

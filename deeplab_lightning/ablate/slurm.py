@@ -59,15 +59,20 @@ def write_scripts(ablation: Ablation, command: list[str], num_runs: int, *, part
     return array_path, report_path
 
 
+class SubmissionFailed(OSError):
+    """SLURM refused or could not take a job: no ``sbatch`` here, or sbatch's own error (a partition, a limit). An
+    ``OSError`` the package raises: the command reports it in one line."""
+
+
 def sbatch(*args: str) -> str:
     """Submit with ``sbatch --parsable``; returns the job id (errors carry sbatch's message)."""
     try:
         out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise RuntimeError("sbatch is not installed here: run on a SLURM login node, or pass --no_submit to only "
-                           "write the scripts") from None
+        raise SubmissionFailed("sbatch is not installed here: run on a SLURM login node, or pass --no_submit to "
+                               "only write the scripts") from None
     if out.returncode != 0:
-        raise RuntimeError(f"sbatch {' '.join(args)} failed: {out.stderr.strip() or out.stdout.strip()}")
+        raise SubmissionFailed(f"sbatch {' '.join(args)} failed: {out.stderr.strip() or out.stdout.strip()}")
     return out.stdout.strip().split(";")[0]
 
 
