@@ -23,20 +23,25 @@ def test_single_scale_without_flip_is_a_plain_forward(model):
         assert torch.allclose(predict_multiscale(model, x, scales=(1.0,), flip=False), expected, atol=1e-6)
 
 
-def test_the_tf_merge_grid_at_scale_one_changes_nothing_on_corner_aligned_sizes(model):
-    """At scale 1 the grid TF merges scales on is the logit grid itself: on a 4k + 1 input (V3+'s logits are at
-    stride 4) passing through it keeps the plain forward's probabilities; at 0.75 (13 logits merged on 17) it does
-    not."""
+def test_the_tf_merge_of_stride_logits_at_scale_one_is_a_plain_forward(model):
+    """With ``logit_stride`` the model gives its logits before upsampling (V3+'s at stride 4); at scale 1 TF's merge
+    grid is their own grid, so the probabilities are the plain forward's; at 0.75 (13 logits merged on 17) they are
+    not those of resizing the upsampled logits straight to the image. A sliding window has no TF merge."""
     assert model.logit_stride == 4 and create_model("deeplabv3_resnet18", num_classes=4).logit_stride == 16
     x = torch.randn(1, 3, 65, 81) * 50 + 120
     with torch.no_grad():
         plain = model(x).softmax(1)
-        merged = predict_multiscale(model, x, scales=(1.0,), flip=False, align_corners=True, logit_stride=4)
-        sharp = lambda images: 100 * model(images)  # noqa: E731 - an untrained network's scores are nearly flat
-        merged_or_not = [predict_multiscale(sharp, x, scales=(0.75,), flip=False, align_corners=True, logit_stride=stride)
-                for stride in (4, None)]
+        merged = predict_multiscale(model.stride_logits, x, scales=(1.0,), flip=False, align_corners=True,
+                                    logit_stride=4)
+        sharp = [lambda images: 100 * model.stride_logits(images), lambda images: 100 * model(images)]  # nearly
+        # flat scores of an untrained network made distinct
+        merged_or_not = [predict_multiscale(sharp[0], x, scales=(0.75,), flip=False, align_corners=True,
+                                            logit_stride=4),
+                         predict_multiscale(sharp[1], x, scales=(0.75,), flip=False, align_corners=True)]
     assert torch.allclose(merged, plain, atol=1e-6)
     assert not torch.allclose(*merged_or_not, atol=1e-4)
+    with pytest.raises(ValueError, match="sliding window"):
+        predict_multiscale(model.stride_logits, x, window=33, logit_stride=4)
 
 
 def test_flip_consistency(model):
@@ -92,8 +97,8 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
                                 model_kwargs={"aspp_channels": 16, "decoder_channels": 16})
     dm = ToyVOCDataModule(str(toy_dir), **toy_settings, num_workers=0)
     calls = []
-    original = module.net.forward
-    module.net.forward = lambda x: calls.append(x.shape[0]) or original(x)
+    original = module.net.stride_logits  # every forward of the network, whole or TF's multi-scale merge
+    module.net.stride_logits = lambda x: calls.append(x.shape[0]) or original(x)
     callback = MultiScaleInference(scales=(0.75, 1.0), flip=True, stages=["test"])
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
     trainer.test(module, datamodule=dm, verbose=False)

@@ -83,14 +83,16 @@ def predict_multiscale(model: Model, images: torch.Tensor,
     size, then turned into probabilities, which are averaged (V3 section 4.3). Each scaled batch is resized
     bilinearly (with the network's ``align_corners`` geometry, see :func:`scaled_size`); with ``flip`` the
     mirrored copy runs in the same forward batch as the original (one forward per scale). With ``window`` each
-    forward is a :func:`sliding_window`. With ``logit_stride`` (the stride of the network's logits before their
-    upsampling; TF geometry, ``align_corners``), each scale's logits first pass through the grid TF merges
-    scales on (``multi_scale_logits``: the logit grid of the image at ``max(1, scale)``), which for scales
-    below 1 differs from resizing them directly.
+    forward is a :func:`sliding_window`. With ``logit_stride``, ``model`` returns its logits at that stride, not
+    upsampled (``DeepLab.stride_logits``), and each scale's logits are resized onto the grid TF merges scales on
+    (``multi_scale_logits``: the logit grid of the image at ``max(1, scale)``, corners aligned), then to the
+    input: the TF reference's evaluation exactly, at any input size.
     ``scales=(1.0,), flip=False`` equals ``softmax(model(images))``.
     """
     if not scales:
         raise ValueError("scales must name at least one scale")
+    if logit_stride is not None and window is not None:
+        raise ValueError("logit_stride (TF's merge of whole-image logits) does not combine with a sliding window")
     n, _, h, w = images.shape
     forward = model if window is None else (lambda x: sliding_window(model, x, window, overlap))
     total = None

@@ -84,7 +84,9 @@ class Inference:
 
 class Network(Protocol):
     """What the pipeline calls: ``network(images [N,3,H,W] in [0, 255]) -> logits [N,C,H,W]``, with the mean
-    pixel padding is filled with ([1,3,1,1] or None) and the resizing geometry of its upsampling."""
+    pixel padding is filled with ([1,3,1,1] or None) and the resizing geometry of its upsampling. A network that
+    also has ``stride_logits`` (a function: its logits before upsampling, or None) and ``logit_stride`` is
+    evaluated at several scales with the TF reference's merge (:func:`.multiscale.predict_multiscale`)."""
 
     pixel_mean: torch.Tensor | None
     align_corners: bool
@@ -202,10 +204,13 @@ class EvaluationPipeline:
             window = window or canvas
         if not settings.averaged:
             return network(images) if window is None else sliding_window(network, images, window, settings.overlap)
-        probs = predict_multiscale(network, images, settings.scales, settings.flip, window=window,
-                                   overlap=settings.overlap, align_corners=network.align_corners,
-                                   logit_stride=getattr(network, "logit_stride", None) if network.align_corners
-                                   else None)
+        stride_logits = getattr(network, "stride_logits", None) if network.align_corners and window is None else None
+        if stride_logits is not None:  # whole images in TF's geometry: TF's merge of the scales
+            probs = predict_multiscale(stride_logits, images, settings.scales, settings.flip, align_corners=True,
+                                       logit_stride=network.logit_stride)
+        else:
+            probs = predict_multiscale(network, images, settings.scales, settings.flip, window=window,
+                                       overlap=settings.overlap, align_corners=network.align_corners)
         return probs.clamp_min(1e-12).log()
 
     def _refine(self, image: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ a callback (``deeplab_lightning.callbacks.PolyLR``); prediction from Python is :
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -154,6 +154,20 @@ class SegmentationModule(L.LightningModule):
     def pixel_mean(self) -> torch.Tensor | None:
         """The network's mean pixel [1,3,1,1] in [0, 255], which padding is filled with (None: fill with 0)."""
         return getattr(self.net, "pixel_mean", None)
+
+    @property
+    def stride_logits(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The network's logits at :attr:`logit_stride`, before upsampling, for TF's merge of scales in multi-scale
+        evaluation; None with ``msc_scales`` (V2's fusion works on upsampled logits), for Caffe's ``zoom``
+        upsampling (features placed by the stride, not on TF's grid) or a network without them."""
+        if (self.hparams.msc_scales or not hasattr(self.net, "stride_logits")
+                or getattr(self.net, "upsampling", "input_size") != "input_size"):
+            return None
+        return lambda images: self.net.stride_logits(images.contiguous(memory_format=self.memory_format))
+
+    @property
+    def logit_stride(self) -> int | None:
+        return getattr(self.net, "logit_stride", None)
 
     def _net(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
