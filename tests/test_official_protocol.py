@@ -17,7 +17,7 @@ from PIL import Image
 from deeplab_lightning import load
 from deeplab_lightning.commands.cli import main as cli_main
 from deeplab_lightning.commands import console_main
-from deeplab_lightning.evaluation.multiscale import predict_multiscale, scaled_size
+from deeplab_lightning.evaluation.multiscale import scaled_size
 from deeplab_lightning.official import convert_tf
 from deeplab_lightning.official.caffe_deeplab import build as caffe_build
 
