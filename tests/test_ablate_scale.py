@@ -203,18 +203,19 @@ def test_slurm_scripts_ask_for_gpus_only_for_gpu_runs_and_for_the_memory_and_cpu
 def test_slurm_array_runs_each_task_on_its_own_gpu_and_ends_in_one_report(tmp_path, toy_dir, toy_settings,
                                                                          write_config, capsys, monkeypatch):
     path = write_ablation(tmp_path, write_config(tmp_path / "base", toy_dir, toy_settings), max_steps=4)
-    monkeypatch.chdir(tmp_path)  # relative file and output_dir, as the README types them
+    monkeypatch.chdir(tmp_path)  # relative file and output_dir (with a space), as a user types them
     # the runs train on the CPU: the fake GPUs are asked for explicitly, to check each task gets its own
-    array, report = submit(Path(path.name), capsys, "--time", "00:10:00", "--output_dir", "out", "--gpus_per_run", "1")
+    array, report = submit(Path(path.name), capsys, "--time", "00:10:00", "--output_dir", "grid out",
+                           "--gpus_per_run", "1")
     wait_for(lambda: job_gone(report), 400, f"the report job {report}", poll=1)
-    rows = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = json.loads((tmp_path / "grid out" / "report.json").read_text())
     assert [r["status"] for r in rows] == ["done", "done"]
-    assert_finished_for_every_launcher(tmp_path, path, "out", capsys, monkeypatch)
-    attempts = [read_json(run.folder / "attempt.json") for run in plan(load_ablation(path))]
+    assert_finished_for_every_launcher(tmp_path, path, "grid out", capsys, monkeypatch)
+    attempts = [read_json(run.folder / "attempt.json") for run in plan(load_ablation(path, tmp_path / "grid out"))]
     devices = [a["devices"] for a in attempts]  # the fake GPUs SLURM gave each task (4 on the node)
     assert len(set(devices)) == 2 and set(devices) <= {"0", "1", "2", "3"}
-    assert {a["log"] for a in attempts} == {f"{tmp_path / 'out' / 'slurm'}/{array}_{i}.log" for i in (0, 1)}
-    assert "#SBATCH --requeue" in (tmp_path / "out" / "slurm" / "array.sbatch").read_text()
+    assert {a["log"] for a in attempts} == {f"{tmp_path / 'grid out' / 'slurm'}/{array}_{i}.log" for i in (0, 1)}
+    assert "#SBATCH --requeue" in (tmp_path / "grid out" / "slurm" / "array.sbatch").read_text()
 
 
 @slurm

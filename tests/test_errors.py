@@ -133,3 +133,18 @@ def test_a_slurm_submission_without_sbatch_is_one_line_with_the_way_out(tmp_path
     assert lines[-1].startswith("deeplab-lightning ablate: error: sbatch is not installed here") and \
         "--no_submit" in lines[-1], lines
     assert list((tmp_path / "out" / "slurm").glob("*.sbatch"))  # what it could do, it did
+
+
+def test_a_missing_or_foreign_checkpoint_is_one_line_in_every_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("DEEPLAB_TRACEBACK", raising=False)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    for args, expected in [(["export", "--ckpt_path", "nope.ckpt"], "Checkpoint nope.ckpt does not exist"),
+                           (["predict", "--config", CONFIG, "--ckpt_path", "nope.ckpt"], "nope.ckpt does not exist"),
+                           (["export", "--ckpt_path", "notes.txt"], "notes.txt is not a readable PyTorch checkpoint")]:
+        assert command(monkeypatch, *args) == 1, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, lines)
+        assert "unsafe" not in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "predictions").exists()

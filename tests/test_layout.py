@@ -36,3 +36,21 @@ def test_the_top_level_names_the_architecture():
     assert loose == {"__init__.py", "__main__.py", "module.py", "predictor.py", "compat.py"}
     assert packages == {"ablate", "callbacks", "commands", "data", "evaluation", "models", "official", "runs",
                         "training"}
+
+
+def test_an_old_module_path_imports_its_new_module_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    import pytest
+
+    import deeplab_lightning.commands.cli
+
+    sys.modules.pop("deeplab_lightning.cli", None)
+    with pytest.warns(DeprecationWarning, match="deeplab_lightning.cli is now deeplab_lightning.commands.cli"):
+        old = importlib.import_module("deeplab_lightning.cli")
+    assert old is deeplab_lightning.commands.cli and old.__name__ == "deeplab_lightning.commands.cli"
+    with pytest.warns(DeprecationWarning):
+        from deeplab_lightning.run_folder import claim_run_folder  # noqa: F401 - the old spelling of a name
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("deeplab_lightning.no_such_module")

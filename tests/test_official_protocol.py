@@ -4,6 +4,7 @@ canvas and its padding value, the input range, the output stride, scales and fli
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from pathlib import Path
 
@@ -75,12 +76,16 @@ def test_convert_prints_the_command_that_tests_it_and_never_overwrites(converted
     assert command(monkeypatch, "convert", str(GOLDEN / "model.ckpt"), "--output", str(converted)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists; choose another file or pass --overwrite true" in err[0]
-    out = converted.with_name("again.ckpt")
+    out = converted.parent / "my zoo" / "again.ckpt"
+    out.parent.mkdir()
+    monkeypatch.chdir(converted.parent)  # not the repository: its zoo config is named by its whole path
     assert command(monkeypatch, "convert", str(GOLDEN / "model.ckpt"), "--output", str(out)) == 0
     printed = capsys.readouterr().out
     assert "deeplabv3_mobilenetv2 (mobilenet_v2), 21 classes, output stride 16" in printed
-    assert ("deeplab-lightning test --config experiments/zoo/mobilenetv2_dm05_coco_voc_trainaug.yaml "
-            f"--ckpt_path {out}") in printed
+    suggested = printed.split("Evaluate it as its source did: ", 1)[1].split(" (single scale", 1)[0]
+    assert shlex.split(suggested) == ["deeplab-lightning", "validate", "--config",  # pasted into a shell, it runs
+                                      str((ZOO / "mobilenetv2_dm05_coco_voc_trainaug.yaml").resolve()),
+                                      "--ckpt_path", str(out)]
     assert command(monkeypatch, "convert", str(GOLDEN / "logits_os.npy"), "--output", str(out.with_name("x.ckpt"))) == 1
     assert "logits_os.npy.index does not exist" in capsys.readouterr().err
 

@@ -21,7 +21,9 @@ from .state import ENV_LOG
 
 
 def _header(options: dict[str, object]) -> list[str]:
-    return [f"#SBATCH --{key}={value}" for key, value in options.items() if value is not None]
+    """``#SBATCH --key=value`` lines; a value with spaces (a path) in double quotes, which sbatch reads."""
+    return [f'#SBATCH --{key}="{value}"' if any(c.isspace() for c in str(value)) else f"#SBATCH --{key}={value}"
+            for key, value in options.items() if value is not None]
 
 
 def write_scripts(ablation: Ablation, command: list[str], num_runs: int, *, partition: str | None = None,

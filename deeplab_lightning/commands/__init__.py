@@ -3,6 +3,7 @@
 their shared option helpers from :mod:`.options`, never from here."""
 from __future__ import annotations
 
+import difflib
 import sys
 
 from .. import __version__
@@ -39,7 +40,10 @@ def console_main() -> None:
         print(f"deeplab-lightning {__version__}")
         return
     if args[0] not in SUBCOMMANDS:
-        print(f"{usage()}\n\ndeeplab-lightning: error: unknown subcommand {args[0]!r}", file=sys.stderr)
+        near = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1)
+        print(f"deeplab-lightning: error: unknown subcommand {args[0]!r}"
+              + (f"; did you mean: deeplab-lightning {near[0]}" if near else "")
+              + "\n(deeplab-lightning --help lists the subcommands)", file=sys.stderr)
         sys.exit(2)
     from .errors import reporting_user_errors
 

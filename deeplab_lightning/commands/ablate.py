@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,8 @@ def _slurm(ablation: Ablation, args: argparse.Namespace, command: list[str], con
                                          max_parallel=args.max_parallel, **resources)
     if args.no_submit:
         console.print(f"Wrote {array} ({len(runs)} tasks) and {report_script}. Submit them with:\n"
-                      f"  id=$(sbatch --parsable {array}) && sbatch --dependency=afterany:$id {report_script}",
+                      f"  id=$(sbatch --parsable {shlex.quote(str(array))}) && sbatch --dependency=afterany:$id "
+                      f"{shlex.quote(str(report_script))}",
                       highlight=False, soft_wrap=True)
         return 0
     submit(array, report_script, [*command, "--report"], console)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -74,8 +75,8 @@ def run_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None = 
         elif logger.log_dir:
             lines.append(f"  {type(logger).__name__} logs: {logger.log_dir}")
     if best is not None:  # with the run's own config: it holds the command line's overrides too
-        config_args = [f"--config {saved_config}"] if saved_config else [f"--config {c}" for c in configs or []]
-        lines.append(" ".join([f"Test it: {command_name()} test", *config_args, f"--ckpt_path {best}"]))
+        config_args = [f"--config {shlex.quote(str(c))}" for c in ([saved_config] if saved_config else configs or [])]
+        lines.append(" ".join([f"Test it: {command_name()} test", *config_args, f"--ckpt_path {shlex.quote(str(best))}"]))
     return "\n".join(lines)
 
 
@@ -218,7 +219,8 @@ class DeepLabCLI(LightningCLI):
             for logger in wandb:
                 logger.init_args["id"] = run_id  # WandbLogger resumes it (resume="allow")
 
-    PREFLIGHT_SPLITS = {"fit": ("train_split", "val_split"), "validate": ("val_split",), "test": ("test_split",)}
+    PREFLIGHT_SPLITS = {"fit": ("train_split", "val_split"), "validate": ("val_split",), "test": ("test_split",),
+                        "predict": ()}
 
     def _preflight(self) -> None:
         """Fail on a missing checkpoint or split before anything starts (a wandb run, data workers)."""
@@ -233,7 +235,7 @@ class DeepLabCLI(LightningCLI):
             if split is not None and hasattr(self.datamodule, "samples"):
                 self.datamodule.samples(split)
 
-    before_fit = before_validate = before_test = _preflight
+    before_fit = before_validate = before_test = before_predict = _preflight
 
     def _claim_run_folder(self, config: Any) -> None:
         """Choose and lock the fit's run folder (rank 0; the processes DDP starts inherit the choice) and move

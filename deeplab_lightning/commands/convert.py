@@ -13,6 +13,7 @@ network, classes, output stride and input range are recorded in it; every variab
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from .options import boolean_option
@@ -35,7 +36,11 @@ def zoo_config(record: dict) -> str | None:
     model = record.get("model_variant") or record.get("model")
     key = (model, record.get("depth_multiplier"), record.get("num_classes"))
     name = ZOO_CONFIGS.get(key)
-    return f"experiments/zoo/{name}.yaml" if name else None
+    if not name:
+        return None
+    config = Path("experiments") / "zoo" / f"{name}.yaml"
+    in_repository = Path(__file__).resolve().parents[2] / config  # from another folder: the repository's file
+    return str(config if config.is_file() or not in_repository.is_file() else in_repository)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -69,8 +74,11 @@ def main(args: list[str] | None = None) -> int:
           + (f" ({skipped} skipped)" if skipped else ""))
     config = zoo_config(record)
     if config:
-        print(f"Test it as its source published it: deeplab-lightning test --config {config} --ckpt_path {path}")
+        print(f"Evaluate it as its source did: deeplab-lightning validate --config {shlex.quote(config)} --ckpt_path "
+              f"{shlex.quote(str(path))} (single scale; test: the config's multi-scale protocol, with "
+              f"--model.output_stride 8 for the zoo's OS-8 rows)")
     else:
-        print(f"Test it with a config whose model section is the checkpoint's (arch {record['arch']}, model_kwargs "
-              f"{record['model_kwargs']}): deeplab-lightning test --config <config> --ckpt_path {path}")
+        print(f"Evaluate it with a config whose model section is the checkpoint's (arch {record['arch']}, "
+              f"model_kwargs {record['model_kwargs']}): deeplab-lightning validate --config <config> --ckpt_path "
+              f"{shlex.quote(str(path))}")
     return 0

@@ -69,17 +69,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Lightning's reading, weights only (``weights_only`` is accepted for Lightning's signature and ignored;
         ``mmap``: memory-map a local file, so reading a few keys costs no copy of the weights), with a bad or
         unsafe file named."""
+        if "://" not in str(path) and not os.path.isfile(path):
+            what = "is a folder" if os.path.isdir(path) else "does not exist"
+            raise FileNotFoundError(f"Checkpoint {path} {what}: pass a checkpoint file (*.ckpt)")
         try:
             if mmap:
                 checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
             else:
                 checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise
         except pickle.UnpicklingError as err:
             if "weights only load failed" not in str(err).lower():
                 raise _unreadable(path, err) from err
-            found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err)))) or ["?"]
+            found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+            if not found:  # not a pickle of objects at all: a text file, an image ...
+                raise _unreadable(path, None) from None
             raise ValueError(f"Checkpoint {path} is unsafe: besides weights it holds Python objects "
                              f"({', '.join(found)}) whose loading can run code, so "
                              f"it is not loaded. Only load it if you trust its author: in Python, "
@@ -97,9 +100,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-def _unreadable(path: str | os.PathLike, err: Exception) -> ValueError:
+def _unreadable(path: str | os.PathLike, err: Exception | None) -> ValueError:
     size = os.path.getsize(path) if os.path.isfile(path) else None
-    what = "is empty (0 bytes)" if size == 0 else f"is not a readable PyTorch checkpoint ({err!r})"
+    what = "is empty (0 bytes)" if size == 0 else "is not a readable PyTorch checkpoint" + (f" ({err!r})" if err else "")
     return ValueError(f"Checkpoint {path} {what}: it may be truncated or another kind of file. Use another "
                       f"checkpoint of the run (last.ckpt or best.ckpt)")
 
