@@ -148,8 +148,9 @@ def test_the_report_table_goes_to_one_wandb_summary_run_of_job_type_ablation(tmp
     started = []
     init = wandb.init
     monkeypatch.setattr(wandb, "init", lambda **kwargs: started.append(init(**kwargs)) or started[-1])
+    assert main([str(path), "--report"]) == 1  # nothing trained yet: a report, but no summary run
+    assert not started and not (tmp_path / "out" / "wandb").exists()
     ablation = load_ablation(path)
-    ablation.output_dir.mkdir()
     rows = [{"run": "base", "n": 2, "mIoU": 0.61, "mIoU_low": 0.58, "mIoU_high": 0.64, "seeds": [0, 1]},
             {"run": "other", "n": 2, "mIoU": 0.63, "mIoU_delta": 0.02, "mIoU_p": 0.04, "seeds": [0, 1]}]
     assert log_summary(ablation, rows) == summary_id(ablation)

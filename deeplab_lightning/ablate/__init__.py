@@ -79,7 +79,8 @@ def report(ablation: Ablation, console: Console | None = None) -> tuple[list[dic
     cost = cost_line(run_rows)
     if cost:
         console.print(cost, highlight=False)
-    summary = log_summary(ablation, rows, ablation.output_dir / "report.png")
+    done = any(s.status == "done" for s in found)  # nothing measured yet: no wandb summary run
+    summary = log_summary(ablation, rows, ablation.output_dir / "report.png") if done else None
     if summary is not None:
         console.print(f"wandb: the report table is in the summary run {summary} (job type ablation, group "
                       f"{ablation.name})", highlight=False, soft_wrap=True)
