@@ -97,8 +97,7 @@ def test_callback_switches_test_to_multiscale(toy_dir, toy_settings):
                                 model_kwargs={"aspp_channels": 16, "decoder_channels": 16})
     dm = ToyVOCDataModule(str(toy_dir), **toy_settings, num_workers=0)
     calls = []
-    original = module.net.stride_logits  # every forward of the network, whole or TF's multi-scale merge
-    module.net.stride_logits = lambda x: calls.append(x.shape[0]) or original(x)
+    module.net.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))  # merged scales too
     callback = MultiScaleInference(scales=(0.75, 1.0), flip=True, stages=["test"])
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
     trainer.test(module, datamodule=dm, verbose=False)

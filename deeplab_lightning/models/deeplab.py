@@ -97,17 +97,20 @@ class DeepLab(nn.Module):
         return (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
 
     def stride_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [N,C,h,w] at :attr:`logit_stride`, before their upsampling (float32 or wider), of images
-        [N,3,H,W] in [0, 255]."""
+        """Logits [N,C,h,w] at :attr:`logit_stride`, before their upsampling, of images [N,3,H,W] in [0, 255]
+        (``self(images, upsample=False)``: through a compiled forward and the module's hooks)."""
+        return self(images, upsample=False)
+
+    def forward(self, images: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """Logits [N,C,H,W] at the input size (``upsample=False``: at :attr:`logit_stride`)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects images of shape [N, 3, H, W], got {list(images.shape)}")
         logits = self.head(self.backbone(self.normalize(images)))
         # Upsampled in float32 also under bf16 autocast: bf16's 8 bits of mantissa would tie the scores of close
         # classes on ~1 % of the pixels and argmax resolves ties to the lower class index (towards background).
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.stride_logits(images)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if not upsample:
+            return logits
         if self.upsampling == "zoom":
             return zoom(logits, self.output_stride, images.shape[-2:])
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
