@@ -148,3 +148,14 @@ def test_a_missing_or_foreign_checkpoint_is_one_line_in_every_command(tmp_path, 
         assert len(lines) == 1 and expected in lines[0], (args, lines)
         assert "unsafe" not in lines[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "predictions").exists()
+
+
+@pytest.mark.parametrize("args, nearest", [(["ablate", "grid.yaml", "--dryrun"], "--dry_run"),
+                                           (["export", "--ckpt_path", "x.ckpt", "--fromat", "onnx"], "--format"),
+                                           (["convert", "model.ckpt", "--output", "x.ckpt", "--overwite"], "--overwrite")])
+def test_a_mistyped_option_of_ablate_export_or_convert_comes_first_with_the_nearest(args, nearest, monkeypatch,
+                                                                                    capsys):
+    assert command(monkeypatch, *args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith(f"deeplab-lightning {args[0]}: error: unrecognized arguments")
+    assert lines[1] == f"  did you mean: {nearest}" and lines[2] == f"  every option: deeplab-lightning {args[0]} --help"

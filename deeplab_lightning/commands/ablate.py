@@ -36,7 +36,7 @@ from ..ablate.run import run_one
 from ..ablate.slurm import submit, write_scripts
 from ..ablate.spec import Ablation, load_ablation, plan
 from ..runs.folder import RunFolderBusy
-from .options import help_text
+from .options import CommandParser, help_text
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -54,7 +54,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deeplab-lightning ablate", description=help_text(__doc__.split("\n\n")[0]))
+    parser = CommandParser(prog="deeplab-lightning ablate", description=help_text(__doc__.split("\n\n")[0]))
     parser.add_argument("file", help="ablation YAML (see experiments/ablations/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key in every run, after the file's set: (repeatable), "

@@ -16,7 +16,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from .options import boolean_option
+from .options import CommandParser, boolean_option
 
 # The experiment config that evaluates a converted model as its source published it, by (model, depth multiplier,
 # classes).
@@ -45,7 +45,7 @@ def zoo_config(record: dict) -> str | None:
 
 def main(args: list[str] | None = None) -> int:
     """``deeplab-lightning convert SOURCE --output FILE.ckpt [--output_stride N] [--overwrite true]``."""
-    parser = argparse.ArgumentParser(prog="deeplab-lightning convert", description=__doc__,
+    parser = CommandParser(prog="deeplab-lightning convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a TF DeepLab checkpoint (.tar.gz, prefix, .index or folder) or a .caffemodel")
     parser.add_argument("--output", required=True, help="the project checkpoint to write (*.ckpt)")

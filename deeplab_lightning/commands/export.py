@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .options import boolean_option, help_text
+from .options import CommandParser, boolean_option, help_text
 from ..evaluation.crf_rnn import TrainableDenseCRF
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
@@ -157,7 +157,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 def main(args: list[str] | None = None) -> int:
     """``deeplab-lightning export --ckpt_path X --format onnx [--output PATH]``."""
-    parser = argparse.ArgumentParser(prog="deeplab-lightning export", description=help_text(__doc__),
+    parser = CommandParser(prog="deeplab-lightning export", description=help_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by deeplab-lightning fit")
     parser.add_argument("--format", choices=list(FORMATS), default="onnx")

@@ -1,10 +1,25 @@
-"""What the subcommands' parsers share: true/false options, help text from docstrings, the ``--config`` /
-``--data`` parser of the commands that read a config's data section."""
+"""What the subcommands' parsers share: errors as one line with the nearest options, true/false options, help text
+from docstrings, the ``--config`` / ``--data`` parser of the commands that read a config's data section."""
 from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
+import sys
+from typing import Any, NoReturn
+
+from .errors import nearest_options
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse`` for the subcommands LightningCLI does not parse (ablate, export, convert): an error comes first
+    and alone, with the nearest valid options after a typo and the command that lists them all."""
+
+    def error(self, message: str) -> NoReturn:
+        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        near = [o for o in nearest_options(message, options) if o not in message.split()]  # not a valid one named
+        hint = f"\n  did you mean: {', '.join(near)}" if near else ""
+        sys.stderr.write(f"{self.prog}: error: {message}{hint}\n  every option: {self.prog} --help\n")
+        self.exit(2)
 
 
 def boolean_option(text: str) -> bool:
