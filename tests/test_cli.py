@@ -105,6 +105,8 @@ def test_console_entry_points_answer_help_and_version():
     assert out.returncode == 0 and out.stdout.strip() == f"deeplab-lightning {__version__}"
     out = subprocess.run([str(script), "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--model.arch" in out.stdout
+    out = subprocess.run([str(script), "check-data", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "\nThe dataset: VOCDataModule, CityscapesDataModule" in out.stdout  # a heading
     out = subprocess.run([str(script), "fitt"], capture_output=True, text=True, timeout=120)  # a typo: one hint
     assert out.returncode == 2 and "unknown subcommand 'fitt'; did you mean: deeplab-lightning fit" in out.stderr
     assert len(out.stderr.splitlines()) == 2 and not out.stdout

@@ -26,9 +26,11 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Base class: subclasses define ``class_names``, ``palette`` and ``samples(split)``, and may declare
-    another ``ignore_index`` (the void label, 255 here), which the command links into the model: loss,
-    metrics, padding and reports use this one value.
+    """The dataset: VOCDataModule, CityscapesDataModule, FolderDataModule, ImageFolderDataModule, ToyVOCDataModule
+
+    Subclasses define ``class_names``, ``palette`` and ``samples(split)``, and may declare another
+    ``ignore_index`` (the void label, 255 here), which the command links into the model: loss, metrics, padding
+    and reports use this one value.
 
     Training crops are random-scaled, cropped and flipped (:class:`~.transforms.RandomScaleCrop`, which computes
     only the crop's pixels) and padded to the crop size (mask with the ignore label; the module fills the image
