@@ -24,7 +24,7 @@ from ..evaluation.pipeline import PredictedLabels, per_image
 from ..models import ModelName, convert_sync_batchnorm
 from ..runs.info import run_info
 from .loss import SegmentationLoss
-from .network import build_network, frozen_batch_norms, numeric_model_kwargs
+from .network import build_network, check_numeric_model_kwargs, frozen_batch_norms
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
 
@@ -363,14 +363,8 @@ class SegmentationModule(L.LightningModule):
         # Settings that change what the same tensors compute (input range, BatchNorm epsilon, padding, upsampling): a
         # mismatch would load and evaluate silently wrong (a converted TF or Caffe model needs its own, see convert).
         if "hyper_parameters" in checkpoint:
-            theirs_all = numeric_model_kwargs(saved.get("model_kwargs"))
-            ours_all = numeric_model_kwargs(self.hparams.get("model_kwargs"))
-            for key, theirs in theirs_all.items():
-                ours = ours_all[key]
-                if theirs != ours:
-                    raise ValueError(f"The checkpoint's network was built with model.model_kwargs.{key}={theirs!r} "
-                                     f"but the config builds {ours!r}; it sets what the weights compute (input range, "
-                                     f"BatchNorm epsilon, backbone layout, upsampling): use the checkpoint's")
+            check_numeric_model_kwargs(saved.get("model_kwargs"), self.hparams.get("model_kwargs"),
+                                       "The checkpoint's network")
         if self._trainer is not None and self.trainer.state.fn == "fit":  # a resumed fit restores its optimizer
             for key in OPTIMIZER_SETTINGS:
                 if key not in saved and key in SETTING_DEFAULTS:

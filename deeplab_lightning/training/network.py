@@ -72,11 +72,15 @@ def _network(arch: str | nn.Module, num_classes: int, output_stride: int | None,
 NUMERIC_MODEL_KWARGS = {"backbone_kwargs": {}, "upsampling": "input_size"}
 
 
-def numeric_model_kwargs(model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """The :data:`NUMERIC_MODEL_KWARGS` that ``model_kwargs`` sets, with the defaults for those it leaves out."""
-    given = model_kwargs or {}
-    return {key: given.get(key) if given.get(key) is not None else default
-            for key, default in NUMERIC_MODEL_KWARGS.items()}
+def check_numeric_model_kwargs(theirs: dict[str, Any] | None, ours: dict[str, Any] | None, source: str) -> None:
+    """Raise, naming ``source`` (a checkpoint), unless its ``model_kwargs`` (``theirs``) and the config's (``ours``)
+    set the same :data:`NUMERIC_MODEL_KWARGS` (a key left out is its default)."""
+    for key, default in NUMERIC_MODEL_KWARGS.items():
+        saved, built = [default if (kwargs or {}).get(key) is None else kwargs[key] for kwargs in (theirs, ours)]
+        if saved != built:
+            raise ValueError(f"{source} was built with model.model_kwargs.{key}={saved!r} but the config builds "
+                             f"{built!r}; it sets what the weights compute (input range, BatchNorm epsilon, backbone "
+                             f"layout, upsampling): use the checkpoint's")
 
 
 def load_network_weights(net: nn.Module, path: str, model_kwargs: dict[str, Any] | None = None) -> None:
@@ -86,13 +90,8 @@ def load_network_weights(net: nn.Module, path: str, model_kwargs: dict[str, Any]
     converted TF or Caffe model's input range, BatchNorm epsilon, layout) is refused."""
     checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")
     saved = checkpoint.get("hyper_parameters")
-    theirs_all, ours_all = numeric_model_kwargs((saved or {}).get("model_kwargs")), numeric_model_kwargs(model_kwargs)
-    for key in NUMERIC_MODEL_KWARGS if saved is not None else ():
-        theirs, ours = theirs_all[key], ours_all[key]
-        if theirs != ours:
-            raise ValueError(f"model.init_checkpoint {path} was built with model.model_kwargs.{key}={theirs!r} but "
-                             f"this config builds {ours!r}; it sets what the weights compute (input range, BatchNorm "
-                             f"epsilon, backbone layout, upsampling): use the checkpoint's")
+    if saved is not None:
+        check_numeric_model_kwargs(saved.get("model_kwargs"), model_kwargs, f"model.init_checkpoint {path}")
     state = checkpoint["state_dict"]
     weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     has_crf = any(k.startswith("crf.") for k in weights)
